@@ -1,0 +1,98 @@
+"""python -m export describe|embed|pack|verify ..."""
+import argparse
+import json
+import sys
+
+
+def _source_args(p):
+    p.add_argument("--source", default="fashion-mnist", help="fashion-mnist | idx | imagefolder")
+    p.add_argument("--root", default=None, help="dataset root (default for fashion-mnist: the Debian package's)")
+
+
+def _limit(n_total, limit):
+    return range(n_total if limit is None else min(limit, n_total))
+
+
+def cmd_describe(a):
+    from .describe import run_describe
+    from .describers import create_describer
+    from .readers import open_source
+    src = open_source(a.source, a.root, a.split)
+    describer = create_describer(a.backend, model=a.model, prompt=a.prompt, device=a.device, dtype=a.dtype) \
+        if a.model else create_describer(a.backend, prompt=a.prompt, device=a.device, dtype=a.dtype)
+    return run_describe(src, describer, a.out, list(_limit(len(src), a.limit)), a.batch_size)
+
+
+def cmd_embed(a):
+    from .embed import create_encoder, run_embed
+    return run_embed(a.descriptions, a.out, create_encoder(a.backend, a.model, a.device), a.batch_size)
+
+
+def cmd_pack(a):
+    from .pack import run_pack
+    from .readers import open_source
+    train = open_source(a.source, a.root, "train")
+    ev = open_source(a.source, a.root, a.eval_split)
+    m = run_pack(train, ev, a.descriptions, a.embeddings, a.out, _limit(len(ev), a.eval_limit), a.shards, a.overwrite)
+    return {"out": a.out, "train": m["splits"]["train"]["count"], "eval": m["splits"]["eval"]["count"]}
+
+
+def cmd_verify(a):
+    from .verify import run_verify
+    return run_verify(a.data_dir)
+
+
+def main(argv=None):
+    from .describers import list_describers
+    ap = argparse.ArgumentParser(prog="python -m export", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("describe", help="write one description per training image (JSONL, resumable)")
+    _source_args(p)
+    p.add_argument("--split", default="train")
+    p.add_argument("--limit", type=int, default=None, help="first N images of the canonical order")
+    p.add_argument("--backend", default="template", choices=list_describers())
+    p.add_argument("--model", default=None, help="hub id or local path of the VLM")
+    p.add_argument("--prompt", default="short", help="short | long | your own text ({class_name} allowed)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on CUDA)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_describe)
+
+    p = sub.add_parser("embed", help="encode descriptions into L2-normalised float32 embeddings")
+    p.add_argument("--descriptions", required=True)
+    p.add_argument("--out", required=True, help="output prefix: writes PREFIX.npy, PREFIX.index.npy, PREFIX.meta.json")
+    p.add_argument("--backend", default="sentence-transformers", help="sentence-transformers | hf-clip")
+    p.add_argument("--model", default=None, help="default: the packaged all-MiniLM-L6-v2")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default=None)
+    p.set_defaults(fn=cmd_embed)
+
+    p = sub.add_parser("pack", help="write train/eval MindRecord and the manifest")
+    _source_args(p)
+    p.add_argument("--descriptions", required=True)
+    p.add_argument("--embeddings", required=True, help="prefix given to embed --out")
+    p.add_argument("--eval-split", default="test")
+    p.add_argument("--eval-limit", type=int, default=None)
+    p.add_argument("--shards", type=int, default=1)
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(fn=cmd_pack)
+
+    p = sub.add_parser("verify", help="read packed MindRecord back and check it against the manifest")
+    p.add_argument("data_dir")
+    p.set_defaults(fn=cmd_verify)
+
+    a = ap.parse_args(argv)
+    try:
+        result = a.fn(a)
+    except (ValueError, KeyError, IndexError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

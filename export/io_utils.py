@@ -1,0 +1,48 @@
+"""Small file helpers shared by the offline commands: atomic writes, JSONL, hashing."""
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Dict, Iterator
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json_atomic(path, obj) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_jsonl(path) -> Iterator[Dict]:
+    """Yields records; a torn last line (an interrupted write) is ignored, any other bad line is an error."""
+    path = Path(path)
+    with open(path, "r", encoding="utf-8") as f:
+        lines = f.readlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError as e:
+            if n == len(lines) and not line.endswith("\n"):
+                return  # torn tail from an interrupted run: resume will rewrite it
+            raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
+
+
+def truncate_torn_tail(path) -> None:
+    """Drops a final line without newline so that appending resumes on a clean line boundary."""
+    path = Path(path)
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)

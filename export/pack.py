@@ -1,0 +1,99 @@
+"""`python -m export pack`: source images + labels + text embeddings -> MindRecord + manifest.
+
+Layout of the output directory (the contract with the training half, see DESIGN.md):
+  train.mindrecord[N]  index int64, label int32, image bytes, text_emb float32[k], description string
+  eval.mindrecord[N]   index int64, label int32, image bytes
+  manifest.json        dataset, class names, counts, embedding/describer provenance, sha256 per file
+Everything is written into `<out>.partial/` and renamed to `<out>` only when complete.
+"""
+import datetime
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from . import __version__
+from .embed import load_descriptions
+from .io_utils import sha256_file, write_json_atomic
+
+TRAIN_SCHEMA = {"index": {"type": "int64"}, "label": {"type": "int32"}, "image": {"type": "bytes"},
+                "description": {"type": "string"}}
+EVAL_SCHEMA = {"index": {"type": "int64"}, "label": {"type": "int32"}, "image": {"type": "bytes"}}
+
+
+def _write_split(path: Path, schema: Dict, rows, count: int, shards: int, desc: str) -> List[str]:
+    from mindspore.mindrecord import FileWriter
+    writer = FileWriter(file_name=str(path), shard_num=shards, overwrite=True)
+    writer.add_schema(schema, desc)
+    writer.add_index(["index", "label"])
+    buf = []
+    for row in tqdm(rows, total=count, desc=f"pack {desc}", unit="img"):
+        buf.append(row)
+        if len(buf) == 512:  # bounded memory whatever the dataset size
+            writer.write_raw_data(buf)
+            buf = []
+    if buf:
+        writer.write_raw_data(buf)
+    writer.commit()
+    return [path.name] if shards == 1 else [f"{path.name}{i}" for i in range(shards)]
+
+
+def run_pack(train_source, eval_source, descriptions_path, embeddings_prefix, out_dir,
+             eval_indices: Optional[Sequence[int]] = None, shards: int = 1, overwrite: bool = False) -> Dict:
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
+    emb = np.load(f"{embeddings_prefix}.npy", mmap_mode="r")
+    emb_index = np.load(f"{embeddings_prefix}.index.npy")
+    emb_meta = json.loads(Path(f"{embeddings_prefix}.meta.json").read_text())
+    records = load_descriptions(descriptions_path)
+    if len(records) != len(emb) or any(r["index"] != i for r, i in zip(records, emb_index)):
+        raise ValueError(f"{embeddings_prefix}.npy does not match {descriptions_path} "
+                         f"({len(emb)} rows vs {len(records)} descriptions): re-run embed")
+    for n, r in enumerate(records):
+        i = r["index"]
+        if not 0 <= i < len(train_source):
+            raise IndexError(f"{descriptions_path}: index {i} out of range for {train_source.name} ({len(train_source)} images)")
+        if train_source.label(i) != r["label"]:
+            raise ValueError(f"{descriptions_path}: index {i} has label {r['label']} but the source says "
+                             f"{train_source.label(i)}: descriptions were made for another ordering")
+    eval_indices = list(range(len(eval_source))) if eval_indices is None else list(eval_indices)
+    dim = int(emb.shape[1])
+    train_schema = dict(TRAIN_SCHEMA, text_emb={"type": "float32", "shape": [dim]})
+
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    train_rows = ({"index": r["index"], "label": r["label"], "image": train_source.encoded(r["index"]),
+                   "text_emb": np.asarray(emb[n], dtype=np.float32), "description": r["description"]}
+                  for n, r in enumerate(records))
+    train_files = _write_split(tmp / "train.mindrecord", train_schema, train_rows, len(records), shards, "train")
+    eval_rows = ({"index": i, "label": eval_source.label(i), "image": eval_source.encoded(i)} for i in eval_indices)
+    eval_files = _write_split(tmp / "eval.mindrecord", EVAL_SCHEMA, eval_rows, len(eval_indices), shards, "eval")
+
+    dmeta_path = Path(str(descriptions_path) + ".meta.json")
+    describer = json.loads(dmeta_path.read_text()) if dmeta_path.exists() else {}
+    manifest = {
+        "dataset": train_source.name,
+        "class_names": train_source.class_names,
+        "num_classes": len(train_source.class_names),
+        "embedding": {k: emb_meta.get(k) for k in ("model", "dim", "normalized", "max_tokens")},
+        "describer": {k: describer.get(k) for k in ("backend", "model", "prompt")},
+        "splits": {
+            "train": {"count": len(records), "columns": sorted(train_schema),
+                      "files": [{"name": f, "sha256": sha256_file(tmp / f)} for f in train_files]},
+            "eval": {"count": len(eval_indices), "columns": sorted(EVAL_SCHEMA),
+                     "files": [{"name": f, "sha256": sha256_file(tmp / f)} for f in eval_files]},
+        },
+        "tool": f"ms_gpt4image.export {__version__}",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json_atomic(tmp / "manifest.json", manifest)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return manifest

@@ -1,0 +1,144 @@
+"""Image sources in a canonical order: index i here is index i in every file derived from them.
+
+A source exposes `name`, `class_names`, `__len__`, `label(i)`, `image(i)` (a PIL image) and
+`encoded(i)` (the bytes stored in MindRecord: original file bytes, or lossless PNG for raw arrays).
+"""
+import gzip
+import io
+import os
+import struct
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+from PIL import Image
+
+FASHION_MNIST_CLASSES = ["T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                         "sneaker", "bag", "ankle boot"]
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def _png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def read_idx(path) -> np.ndarray:
+    """Reads an idx file (MNIST format), gzipped or not."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"idx file not found: {path}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4:
+        raise ValueError(f"{path}: too short to be an idx file")
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte idx file (magic {data[:4].hex()})")
+    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise ValueError(f"{path}: header says {dims} but holds {body.size} bytes")
+    return body.reshape(dims)
+
+
+class IdxSource:
+    """MNIST-format image/label idx pair (Fashion-MNIST by default)."""
+
+    def __init__(self, images_path, labels_path, class_names: List[str], name: str):
+        self.images = read_idx(images_path)
+        self.labels = read_idx(labels_path).astype(np.int64)
+        if self.images.ndim != 3 or self.labels.ndim != 1 or len(self.images) != len(self.labels):
+            raise ValueError(f"{images_path} / {labels_path}: shapes {self.images.shape} and "
+                             f"{self.labels.shape} do not form an image/label pair")
+        if self.labels.max(initial=0) >= len(class_names):
+            raise ValueError(f"{labels_path}: label {self.labels.max()} out of range for {len(class_names)} classes")
+        self.class_names = class_names
+        self.name = name
+
+    def __len__(self):
+        return len(self.labels)
+
+    def label(self, i: int) -> int:
+        return int(self.labels[i])
+
+    def image(self, i: int) -> Image.Image:
+        return Image.fromarray(self.images[i], mode="L")
+
+    def encoded(self, i: int) -> bytes:
+        return _png_bytes(self.images[i])
+
+
+class ImageFolderSource:
+    """`root/<class>/<file>` in torchvision ImageFolder order: classes sorted, files sorted per class."""
+
+    def __init__(self, root, name: Optional[str] = None):
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"image folder not found: {root}")
+        self.class_names = sorted(e.name for e in os.scandir(root) if e.is_dir())
+        if not self.class_names:
+            raise ValueError(f"{root}: no class sub-folders")
+        self.samples = []
+        for label, cls in enumerate(self.class_names):
+            for dirpath, _, files in sorted(os.walk(root / cls, followlinks=True)):
+                for fname in sorted(files):
+                    if fname.lower().endswith(IMG_EXTENSIONS):
+                        self.samples.append((os.path.join(dirpath, fname), label))
+        if not self.samples:
+            raise ValueError(f"{root}: no images with extensions {IMG_EXTENSIONS}")
+        self.name = name or root.name
+
+    def __len__(self):
+        return len(self.samples)
+
+    def label(self, i: int) -> int:
+        return self.samples[i][1]
+
+    def path(self, i: int) -> str:
+        return self.samples[i][0]
+
+    def image(self, i: int) -> Image.Image:
+        path = self.samples[i][0]
+        try:
+            img = Image.open(path)
+            img.load()
+        except Exception as e:  # PIL raises several types for corrupt files
+            raise ValueError(f"cannot decode image #{i}: {path} ({e})") from None
+        return img.convert("RGB")
+
+    def encoded(self, i: int) -> bytes:
+        self.image(i)  # fail here, with the path, rather than at training time
+        with open(self.samples[i][0], "rb") as f:
+            return f.read()
+
+
+SOURCES = ("fashion-mnist", "idx", "imagefolder")
+
+
+def open_source(kind: str, root: Optional[str] = None, split: str = "train", class_names: Optional[List[str]] = None):
+    """Opens a source by kind. `split` is train|test for idx sources; ImageFolder takes `root/split`
+    when that folder exists, else `root` itself."""
+    if kind in ("fashion-mnist", "idx"):
+        root = Path(root or FASHION_MNIST_ROOT)
+        prefix = {"train": "train", "test": "t10k", "eval": "t10k", "val": "t10k"}.get(split)
+        if prefix is None:
+            raise ValueError(f"unknown split {split!r} for an idx source (train|test)")
+        def find(stem):
+            for cand in (root / f"{stem}.gz", root / stem):
+                if cand.exists():
+                    return cand
+            raise FileNotFoundError(f"{root}: no {stem}[.gz]" + (
+                " (install the Debian package dataset-fashion-mnist)" if kind == "fashion-mnist" else ""))
+        names = class_names or (FASHION_MNIST_CLASSES if kind == "fashion-mnist" else [str(c) for c in range(10)])
+        return IdxSource(find(f"{prefix}-images-idx3-ubyte"), find(f"{prefix}-labels-idx1-ubyte"), names,
+                         name=kind if kind == "fashion-mnist" else root.name)
+    if kind == "imagefolder":
+        if root is None:
+            raise ValueError("--root is required for an imagefolder source")
+        sub = Path(root) / split
+        return ImageFolderSource(sub if sub.is_dir() else root, name=Path(root).name)
+    raise ValueError(f"unknown source {kind!r}; choose one of {SOURCES}")

@@ -1,0 +1,54 @@
+"""The GPT4Image training net: backbone + projector W. Only the backbone is deployed."""
+import mindspore.nn as nn
+from mindspore import Tensor
+from mindspore.common.initializer import TruncatedNormal, initializer
+
+PROJECTORS = ("linear", "mlp")
+
+
+def _trunc_normal_dense(cell: nn.Dense):
+    cell.weight.set_data(initializer(TruncatedNormal(0.02), cell.weight.shape, cell.weight.dtype))
+
+
+class Projector(nn.Cell):
+    """Maps the pooled d-dim image feature into the k-dim text-embedding space.
+
+    linear: the paper's W (k x d, no bias).
+    mlp:    the authors' code: Linear(d, 2k, no bias) -> BN -> ReLU -> Linear(2k, k);
+            `mlp_bn=False` drops the BN (their DeiT variant).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, kind: str = "linear", mlp_bn: bool = True):
+        super().__init__()
+        if kind not in PROJECTORS:
+            raise ValueError(f"align.projector must be one of {PROJECTORS}, got {kind!r}")
+        if kind == "linear":
+            layers = [nn.Dense(in_dim, out_dim, has_bias=False)]
+        else:
+            layers = [nn.Dense(in_dim, 2 * out_dim, has_bias=False)]
+            if mlp_bn:
+                layers.append(nn.BatchNorm1d(2 * out_dim))
+            layers += [nn.ReLU(), nn.Dense(2 * out_dim, out_dim)]
+        for layer in layers:
+            if isinstance(layer, nn.Dense):
+                _trunc_normal_dense(layer)
+        self.net = nn.SequentialCell(layers)
+
+    def construct(self, f: Tensor) -> Tensor:
+        return self.net(f)
+
+
+class GPT4ImageNet(nn.Cell):
+    """(logits, W f) in training; `deploy_net()` is the backbone alone (features + classifier)."""
+
+    def __init__(self, backbone: nn.Cell, text_dim: int, projector: str = "linear", mlp_bn: bool = True):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = Projector(backbone.num_features, text_dim, projector, mlp_bn)
+
+    def construct(self, x: Tensor):
+        f = self.backbone.forward_features(x)
+        return self.backbone.forward_head(f), self.projector(f)
+
+    def deploy_net(self) -> nn.Cell:
+        return self.backbone

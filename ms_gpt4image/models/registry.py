@@ -1,0 +1,29 @@
+"""Backbone registry: one `create_backbone` entry point, as in timm / mindcv.
+
+A backbone is an `nn.Cell` with
+  * `num_features`           -- width d of the pooled feature,
+  * `forward_features(x)`    -- pooled feature [B, d],
+  * `forward_head(f)`        -- logits [B, num_classes],
+  * `construct(x)`           -- logits (so the backbone alone is the deployable net).
+"""
+from typing import Callable, Dict, List
+
+_BACKBONES: Dict[str, Callable] = {}
+
+
+def register_backbone(fn: Callable) -> Callable:
+    name = fn.__name__
+    if name in _BACKBONES:
+        raise ValueError(f"backbone {name!r} registered twice")
+    _BACKBONES[name] = fn
+    return fn
+
+
+def list_backbones() -> List[str]:
+    return sorted(_BACKBONES)
+
+
+def create_backbone(name: str, num_classes: int, **kwargs):
+    if name not in _BACKBONES:
+        raise KeyError(f"unknown backbone {name!r}; registered: {', '.join(list_backbones())}")
+    return _BACKBONES[name](num_classes=num_classes, **kwargs)
