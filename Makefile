@@ -1,0 +1,45 @@
+# `make demo` and `make test` set everything up on a fresh machine (venv, pip packages, Debian data).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: setup data demo demo-quick test test-all bench clean
+
+setup: $(STAMP)
+
+# torch first, pinned: it takes the local CPU wheel; anything unpinned would pull the CUDA build.
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt
+	touch $(STAMP)
+
+data: $(FMNIST)
+
+$(FMNIST):
+	@command -v apt-get >/dev/null || { echo "need apt-get to install dataset-fashion-mnist"; exit 1; }
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq dataset-fashion-mnist
+
+demo: setup data
+	scripts/demo.sh
+
+demo-quick: setup data
+	scripts/demo.sh --quick
+
+# fast tests (the CI default); `make test-all` adds the ones marked slow
+test: setup data
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-all: setup data
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) scripts/bench_train_step.py
+
+clean:
+	rm -rf runs .pytest_cache

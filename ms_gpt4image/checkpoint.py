@@ -1,0 +1,62 @@
+"""Checkpoints. A training checkpoint holds everything (net, projector, optimizer state, step,
+epoch); a deployable checkpoint holds only the backbone (features + classifier), with its own
+parameter names (no `backbone.` prefix) so that a freshly built backbone loads it directly."""
+import os
+from pathlib import Path
+from typing import Dict, Optional
+
+import mindspore as ms
+import mindspore.nn as nn
+
+PREFIX = "backbone."
+
+
+def _atomic_save(obj, path, append_dict: Optional[Dict] = None) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".partial.ckpt")
+    ms.save_checkpoint(obj, str(tmp), append_dict=append_dict)
+    os.replace(tmp, path)
+
+
+def save_train_state(train_step: nn.Cell, path, epoch: int, best_top1: float) -> None:
+    _atomic_save(train_step, path, {"epoch": epoch, "best_top1": float(best_top1)})
+
+
+def load_train_state(train_step: nn.Cell, path) -> Dict:
+    params = ms.load_checkpoint(str(path))
+    missing, _ = ms.load_param_into_net(train_step, params, strict_load=True)
+    if missing:
+        raise ValueError(f"{path}: missing {len(missing)} parameters, e.g. {missing[:3]}")
+    return {"epoch": int(params["epoch"].asnumpy()), "best_top1": float(params["best_top1"].asnumpy())}
+
+
+def save_deploy(backbone: nn.Cell, path) -> None:
+    entries = [{"name": p.name[len(PREFIX):] if p.name.startswith(PREFIX) else p.name, "data": p}
+               for p in backbone.get_parameters()]
+    _atomic_save(entries, path)
+
+
+def backbone_params(path) -> Dict:
+    """Backbone parameters from a deploy or a training checkpoint, without the `backbone.` prefix."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    params = ms.load_checkpoint(str(path))
+    if any(k.startswith(PREFIX) for k in params):
+        params = {k[len(PREFIX):]: v for k, v in params.items() if k.startswith(PREFIX)}
+    return params
+
+
+def load_backbone(backbone: nn.Cell, path, strict: bool = True) -> Dict:
+    """Loads weights into a standalone backbone. strict=False (initialising from released weights)
+    skips tensors whose shape differs (e.g. a 1000-class head) and reports what did not match."""
+    params = backbone_params(path)
+    own = {p.name: p for p in backbone.get_parameters()}
+    skipped = [k for k, v in params.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if skipped and strict:
+        raise ValueError(f"{path}: shape mismatch for {skipped[:5]}")
+    params = {k: v for k, v in params.items() if k in own and k not in skipped}
+    missing, _ = ms.load_param_into_net(backbone, params)
+    unexpected = [k for k in backbone_params(path) if k not in own]
+    if strict and (missing or unexpected):
+        raise ValueError(f"{path}: does not fit this backbone: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return {"missing": missing, "unexpected": unexpected, "shape_mismatch": skipped}

@@ -1,0 +1,141 @@
+"""Run configuration: YAML files over defaults, close to mindcv's keys plus an `align` block.
+
+* `base: other.yaml` inherits another config (path relative to the file), keys here override it.
+* Unknown keys are an error that names the key, so a typo never silently falls back to a default.
+* `overrides` ("align.lambda=0", "epoch_size=2") are applied last; values are parsed as YAML.
+"""
+import copy
+from pathlib import Path
+from typing import Any, Dict, Iterable, Optional
+
+import yaml
+
+DEFAULTS: Dict[str, Any] = {
+    "seed": 42,
+    "mode": "graph",              # graph | pynative
+    "device_target": "CPU",       # CPU | GPU | Ascend
+    "output_dir": "runs/default",
+    # data: a directory written by `python -m export pack` (manifest.json + MindRecord)
+    "data_dir": None,
+    "image_size": 28,
+    "in_channels": 3,             # images are decoded as RGB (grey images are replicated)
+    "mean": [0.5, 0.5, 0.5],      # per-channel, on the 0..1 scale
+    "std": [0.5, 0.5, 0.5],
+    "crop_padding": 2,            # random crop with this padding (0 = off)
+    "hflip": True,
+    "num_parallel_workers": 2,
+    # model
+    "model": "resnet18_cifar",
+    "model_kwargs": {},
+    "num_classes": None,          # None: from the manifest
+    "pretrained_ckpt": None,
+    # schedule
+    "batch_size": 128,
+    "eval_batch_size": 256,
+    "epoch_size": 10,
+    "opt": "momentum",
+    "lr": 0.1,
+    "momentum": 0.9,
+    "nesterov": True,
+    "weight_decay": 5e-4,
+    "scheduler": "cosine_decay",
+    "min_lr": 0.0,
+    "warmup_epochs": 1,
+    "warmup_factor": 0.01,
+    "label_smoothing": 0.0,
+    "eval_every": 1,              # epochs between evaluations (0 = only at the end)
+    "log_every": 20,              # steps between progress-bar refreshes of the running losses
+    # GPT4Image alignment (lambda = 0 is the baseline, same code path)
+    "align": {
+        "lambda": 0.3,
+        "tau": 0.5,
+        "loss": "infonce",        # infonce | clip | cosine
+        "projector": "linear",    # linear (paper) | mlp (authors' code)
+        "mlp_bn": True,
+        "normalize": True,        # L2-normalise W f before the dot product (authors' code)
+    },
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _merge(base: Dict, new: Dict, schema: Dict, where: str) -> Dict:
+    out = copy.deepcopy(base)
+    for key, value in (new or {}).items():
+        path = f"{where}{key}"
+        if key not in schema:
+            raise ConfigError(f"unknown config key {path!r}")
+        if isinstance(schema[key], dict) and key != "model_kwargs":
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {path!r} must be a mapping")
+            out[key] = _merge(out[key], value, schema[key], path + ".")
+        else:
+            out[key] = value
+    return out
+
+
+def _load_file(path: Path, seen=()) -> Dict:
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"config {path}: circular `base`")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path}: invalid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path}: top level must be a mapping")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    parent = _load_file(path.parent / base, seen + (path.resolve(),))
+    return _deep_update(parent, data)
+
+
+def _deep_update(a: Dict, b: Dict) -> Dict:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_override(item: str) -> Dict:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not KEY=VALUE")
+    key, raw = item.split("=", 1)
+    value = yaml.safe_load(raw)
+    out: Dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Dict:
+    cfg = copy.deepcopy(DEFAULTS)
+    if path:
+        cfg = _merge(cfg, _load_file(Path(path)), DEFAULTS, "")
+    for item in overrides:
+        cfg = _merge(cfg, parse_override(item), DEFAULTS, "")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Dict) -> None:
+    if cfg["mode"] not in ("graph", "pynative"):
+        raise ConfigError(f"mode must be graph or pynative, got {cfg['mode']!r}")
+    if cfg["align"]["lambda"] < 0:
+        raise ConfigError("align.lambda must be >= 0")
+    if cfg["batch_size"] < 2 and cfg["align"]["lambda"] > 0 and cfg["align"]["loss"] != "cosine":
+        raise ConfigError("contrastive alignment needs batch_size >= 2")
+    for key in ("mean", "std"):
+        if len(cfg[key]) != cfg["in_channels"]:
+            raise ConfigError(f"{key} has {len(cfg[key])} values for in_channels={cfg['in_channels']}")
+
+
+def save_config(cfg: Dict, path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -1,0 +1,58 @@
+"""Evaluation from a checkpoint and export of the deployable net (backbone + classifier only)."""
+import json
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import mindspore as ms
+import mindspore.nn as nn
+
+from .checkpoint import load_backbone, save_deploy
+from .data import create_dataset, load_manifest
+from .engine import evaluate, setup_context
+from .models import create_backbone
+from .train import num_classes_of
+
+
+def build_deploy_net(cfg: Dict, ckpt) -> nn.Cell:
+    manifest = load_manifest(cfg["data_dir"])
+    net = create_backbone(cfg["model"], num_classes=num_classes_of(cfg, manifest), in_channels=cfg["in_channels"],
+                          **cfg["model_kwargs"])
+    load_backbone(net, ckpt, strict=True)
+    net.set_train(False)
+    return net
+
+
+def run_evaluate(cfg: Dict, ckpt) -> Dict:
+    setup_context(cfg)
+    net = build_deploy_net(cfg, ckpt)
+    data, _ = create_dataset(cfg, "eval")
+    return {"checkpoint": str(ckpt), **evaluate(net, data)}
+
+
+def run_export(cfg: Dict, ckpt, out_prefix, check_batches: int = 1) -> Dict:
+    """Writes OUT.mindir and OUT.ckpt; reloads the MindIR with `ms.load` + `nn.GraphCell` and checks
+    that it gives the trained net's logits on real eval batches."""
+    setup_context(cfg)
+    net = build_deploy_net(cfg, ckpt)
+    out_prefix = Path(out_prefix)
+    out_prefix.parent.mkdir(parents=True, exist_ok=True)
+    c, s = cfg["in_channels"], cfg["image_size"]
+    # batch dimension left dynamic so the deployed graph accepts any batch size
+    ms.export(net, ms.Tensor(shape=[None, c, s, s], dtype=ms.float32), file_name=str(out_prefix), file_format="MINDIR")
+    save_deploy(net, f"{out_prefix}.ckpt")
+    graph = nn.GraphCell(ms.load(f"{out_prefix}.mindir"))
+    data, _ = create_dataset(cfg, "eval")
+    max_diff, n = 0.0, 0
+    for b, (image, _) in enumerate(data.create_tuple_iterator(num_epochs=1)):
+        if b >= check_batches:
+            break
+        ref, got = net(image).asnumpy(), graph(image).asnumpy()
+        max_diff = max(max_diff, float(np.abs(ref - got).max()))
+        n += len(ref)
+    report = {"mindir": f"{out_prefix}.mindir", "ckpt": f"{out_prefix}.ckpt", "checked_images": n,
+              "max_abs_logit_diff": max_diff}
+    if not max_diff <= 1e-4:
+        raise ValueError(f"exported MindIR differs from the trained net: max |logit diff| {max_diff}")
+    Path(f"{out_prefix}.export.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report

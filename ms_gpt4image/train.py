@@ -1,0 +1,131 @@
+"""`python -m ms_gpt4image train -c CONFIG`: CE + lambda * alignment, graph mode, MindRecord input.
+
+Writes to output_dir: config.yaml (resolved), log.jsonl (one line per epoch), last.ckpt and
+best.ckpt (full training state), summary.json. `--resume` continues from last.ckpt.
+"""
+import json
+import time
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+from tqdm import tqdm
+
+import mindspore as ms
+from mindcv.optim import create_optimizer
+from mindcv.scheduler import create_scheduler
+
+from .checkpoint import load_backbone, load_train_state, save_train_state
+from .config import save_config
+from .data import create_dataset, load_manifest
+from .engine import NetWithLoss, TrainStep, evaluate, setup_context
+from .gpt4image import GPT4ImageNet
+from .losses import GPT4ImageLoss
+from .models import create_backbone
+
+
+def build_backbone(cfg: Dict, num_classes: int):
+    backbone = create_backbone(cfg["model"], num_classes=num_classes, in_channels=cfg["in_channels"],
+                               **cfg["model_kwargs"])
+    if cfg["pretrained_ckpt"]:
+        report = load_backbone(backbone, cfg["pretrained_ckpt"], strict=False)
+        print(f"initialised from {cfg['pretrained_ckpt']}: {json.dumps(report)[:500]}")
+    return backbone
+
+
+def num_classes_of(cfg: Dict, manifest: Dict) -> int:
+    n = cfg["num_classes"] or manifest["num_classes"]
+    if n != manifest["num_classes"]:
+        raise ValueError(f"num_classes={n} but {cfg['data_dir']}/manifest.json has {manifest['num_classes']} classes")
+    return n
+
+
+def build_training(cfg: Dict, steps_per_epoch: int, manifest: Dict, grad_reducer=None):
+    a = cfg["align"]
+    net = GPT4ImageNet(build_backbone(cfg, num_classes_of(cfg, manifest)), manifest["embedding"]["dim"],
+                       a["projector"], a["mlp_bn"])
+    loss = GPT4ImageLoss(a["lambda"], a["loss"], a["tau"], a["normalize"], cfg["label_smoothing"])
+    lr = create_scheduler(steps_per_epoch, scheduler=cfg["scheduler"], lr=cfg["lr"], min_lr=cfg["min_lr"],
+                          warmup_epochs=cfg["warmup_epochs"], warmup_factor=cfg["warmup_factor"],
+                          decay_epochs=cfg["epoch_size"] - cfg["warmup_epochs"], num_epochs=cfg["epoch_size"])
+    opt = create_optimizer(net.trainable_params(), opt=cfg["opt"], lr=lr, weight_decay=cfg["weight_decay"],
+                           momentum=cfg["momentum"], nesterov=cfg["nesterov"])
+    step = TrainStep(NetWithLoss(net, loss), opt, grad_reducer)
+    return net, step, lr
+
+
+def train(cfg: Dict, resume: bool = False) -> Dict:
+    setup_context(cfg)
+    out = Path(cfg["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    manifest = load_manifest(cfg["data_dir"])
+    train_ds, n_train = create_dataset(cfg, "train", epoch_seed=cfg["seed"])
+    steps = train_ds.get_dataset_size()
+    if steps == 0:
+        raise ValueError(f"{cfg['data_dir']}: {n_train} training samples < batch_size {cfg['batch_size']}")
+    eval_ds, n_eval = create_dataset(cfg, "eval")
+    net, step, lr = build_training(cfg, steps, manifest)
+
+    start_epoch, best = 0, -1.0
+    log_path = out / "log.jsonl"
+    if resume and (out / "last.ckpt").exists():
+        state = load_train_state(step, out / "last.ckpt")
+        start_epoch, best = state["epoch"], state["best_top1"]
+        print(f"resumed from {out / 'last.ckpt'} at epoch {start_epoch}")
+        if start_epoch >= cfg["epoch_size"] and (out / "summary.json").exists():
+            return json.loads((out / "summary.json").read_text())  # finished before: nothing to do
+        kept = [l for l in log_path.read_text().splitlines() if json.loads(l)["epoch"] <= start_epoch] \
+            if log_path.exists() else []
+        log_path.write_text("".join(l + "\n" for l in kept))
+    elif log_path.exists():
+        log_path.unlink()
+
+    a = cfg["align"]
+    print(f"train {cfg['model']} on {manifest['dataset']}: {n_train} images, {steps} steps/epoch, "
+          f"batch {cfg['batch_size']}, lambda {a['lambda']}, tau {a['tau']}, loss {a['loss']}, "
+          f"projector {a['projector']}, eval {n_eval} images")
+    t_start, step_times, last_eval = time.time(), [], None
+    for epoch in range(start_epoch, cfg["epoch_size"]):
+        step.set_train(True)
+        # a fresh pipeline per epoch, seeded by epoch: a resumed run sees the same order
+        train_ds, _ = create_dataset(cfg, "train", epoch_seed=cfg["seed"] + epoch)
+        sums, t_epoch, seen = np.zeros(3), time.time(), 0
+        bar = tqdm(train_ds.create_tuple_iterator(num_epochs=1), total=steps, desc=f"epoch {epoch + 1}/{cfg['epoch_size']}",
+                   unit="step", leave=False)
+        for i, (image, label, text_emb) in enumerate(bar):
+            t0 = time.time()
+            loss, ce, align = step(image, label, text_emb)
+            vals = np.array([float(loss.asnumpy()), float(ce.asnumpy()), float(align.asnumpy())])
+            step_times.append(time.time() - t0)
+            if not np.all(np.isfinite(vals)):
+                raise FloatingPointError(f"epoch {epoch + 1} step {i}: non-finite loss {vals.tolist()}")
+            sums += vals
+            seen += 1
+            if i % cfg["log_every"] == 0:
+                bar.set_postfix(ce=f"{sums[1] / seen:.3f}", align=f"{sums[2] / seen:.3f}")
+        epoch_time = time.time() - t_epoch
+        record = {"epoch": epoch + 1, "loss": sums[0] / seen, "ce": sums[1] / seen, "align": sums[2] / seen,
+                  "lr": float(lr[min((epoch + 1) * steps, len(lr)) - 1]), "epoch_time_s": epoch_time,
+                  "images_per_s": seen * cfg["batch_size"] / epoch_time}
+        is_last = epoch + 1 == cfg["epoch_size"]
+        if is_last or (cfg["eval_every"] and (epoch + 1) % cfg["eval_every"] == 0):
+            last_eval = evaluate(net.backbone, eval_ds)
+            record.update(top1=last_eval["top1"], top5=last_eval["top5"])
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
+        with open(log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if "top1" in record and record["top1"] > best:
+            best = record["top1"]
+            save_train_state(step, out / "best.ckpt", epoch + 1, best)
+        save_train_state(step, out / "last.ckpt", epoch + 1, best)
+
+    steady = step_times[1:] or step_times  # the first step includes graph compilation
+    summary = {"model": cfg["model"], "lambda": a["lambda"], "epochs": cfg["epoch_size"],
+               "train_images": n_train, "eval_images": n_eval,
+               "final_top1": last_eval["top1"] if last_eval else None,
+               "final_top5": last_eval["top5"] if last_eval else None, "best_top1": best,
+               "wall_time_s": time.time() - t_start,
+               "train_images_per_s": cfg["batch_size"] / float(np.median(steady)) if steady else None}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
