@@ -32,10 +32,10 @@ demo-quick: setup data
 	scripts/demo.sh --quick
 
 # fast tests (the CI default); `make test-all` adds the ones marked slow
-test: setup data
+test: setup
 	$(PY) -m pytest -q -m "not slow" tests
 
-test-all: setup data
+test-all: setup
 	$(PY) -m pytest -q tests
 
 bench: setup

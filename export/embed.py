@@ -28,7 +28,8 @@ class SentenceTransformerEncoder:
             from sentence_transformers import SentenceTransformer
             self.model = SentenceTransformer(model, device=device)
         self.name = model
-        self.dim = self.model.get_sentence_embedding_dimension()
+        dim_fn = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = dim_fn()
         self.max_tokens = self.model.max_seq_length  # longer texts are truncated by the model
 
     def encode(self, texts: List[str]) -> np.ndarray:

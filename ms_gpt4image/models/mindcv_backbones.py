@@ -17,7 +17,8 @@ class MindcvBackbone(nn.Cell):
         super().__init__()
         self.model = model
         self.pool_in_head = pool_in_head
-        self.num_features = model.num_features
+        # ConvNeXt has no `num_features`; the classifier's input width is the feature width
+        self.num_features = model.classifier.in_channels
 
     def forward_features(self, x: Tensor) -> Tensor:
         f = self.model.forward_features(x)

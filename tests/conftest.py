@@ -1,0 +1,54 @@
+import gzip
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+
+def run_cli(*args, check=True, timeout=900):
+    """Runs `python -m ...` in its own process (torch and mindspore never share one)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GLOG_v="3", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\n"
+                             f"stderr:\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def synthetic_images(n: int, seed: int):
+    """28x28 grey images whose class decides a bright bar's position plus noise: learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    rng.shuffle(labels)
+    images = rng.integers(0, 40, size=(n, 28, 28))
+    for i, y in enumerate(labels):
+        r = 2 + 2 * y
+        images[i, r:r + 3, 4:24] = 200 + rng.integers(0, 55)
+        images[i, 6:22, 10 + (y % 3):14 + (y % 3)] += int(rng.integers(0, 100))
+    return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def idx_root(tmp_path_factory) -> Path:
+    """A Fashion-MNIST-shaped idx dataset: 96 train and 40 test images, written in the test."""
+    root = tmp_path_factory.mktemp("fmnist")
+    for prefix, n, seed in (("train", 96, 0), ("t10k", 40, 1)):
+        images, labels = synthetic_images(n, seed)
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return root

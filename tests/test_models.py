@@ -1,0 +1,53 @@
+"""Every registered backbone, the projector and the GPT4Image net on tiny inputs."""
+import numpy as np
+import pytest
+
+import mindspore as ms
+
+from ms_gpt4image.gpt4image import GPT4ImageNet, Projector
+from ms_gpt4image.models import create_backbone, list_backbones
+
+ms.set_context(mode=ms.PYNATIVE_MODE)
+TINY_KWARGS = {"resnet18_cifar": {"width": 8}}
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_every_backbone_gives_feature_and_logits(name):
+    net = create_backbone(name, num_classes=7, **TINY_KWARGS.get(name, {}))
+    net.set_train(False)
+    x = ms.Tensor(np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32))
+    f = net.forward_features(x)
+    assert f.shape == (2, net.num_features)
+    assert net(x).shape == (2, 7)
+    np.testing.assert_allclose(net.forward_head(f).asnumpy(), net(x).asnumpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_backbone_names_the_choices():
+    with pytest.raises(KeyError, match="resnet18_cifar"):
+        create_backbone("resnet19", num_classes=10)
+
+
+@pytest.mark.parametrize("kind,bn", [("linear", True), ("mlp", True), ("mlp", False)])
+def test_projector_shapes(kind, bn):
+    proj = Projector(64, 384, kind, mlp_bn=bn)
+    proj.set_train(True)
+    out = proj(ms.Tensor(np.ones((4, 64), np.float32)))
+    assert out.shape == (4, 384)
+    shapes = [tuple(p.shape) for p in proj.trainable_params()]
+    if kind == "linear":
+        assert shapes == [(384, 64)]  # the paper's W: k x d, no bias
+    else:
+        assert shapes[0] == (768, 64) and shapes[-2:] == [(384, 768), (384,)]
+        assert ((768,) in shapes) == bn
+
+
+def test_gpt4image_net_outputs_and_deploy_net():
+    backbone = create_backbone("resnet18_cifar", num_classes=10, width=8)
+    net = GPT4ImageNet(backbone, text_dim=384)
+    net.set_train(False)
+    x = ms.Tensor(np.zeros((3, 3, 28, 28), np.float32))
+    logits, proj = net(x)
+    assert logits.shape == (3, 10) and proj.shape == (3, 384)
+    deploy = net.deploy_net()
+    assert not any("projector" in p.name for p in deploy.get_parameters())
+    np.testing.assert_allclose(deploy(x).asnumpy(), logits.asnumpy(), rtol=1e-6)

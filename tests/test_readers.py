@@ -1,0 +1,62 @@
+"""Sources: idx files and ImageFolder trees in canonical order, and their bad-input errors."""
+import gzip
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from export.readers import ImageFolderSource, open_source, read_idx
+from conftest import synthetic_images, write_idx
+
+
+def test_idx_source_round_trip(idx_root):
+    src = open_source("fashion-mnist", idx_root, "train")
+    images, labels = synthetic_images(96, 0)
+    assert len(src) == 96 and src.class_names[9] == "ankle boot"
+    assert src.label(5) == labels[5]
+    np.testing.assert_array_equal(np.asarray(src.image(5)), images[5])
+    import io
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(src.encoded(5)))), images[5])  # lossless PNG
+    assert len(open_source("fashion-mnist", idx_root, "test")) == 40
+
+
+def test_idx_errors_name_the_file(tmp_path):
+    bad = tmp_path / "x-images-idx3-ubyte.gz"
+    with gzip.open(bad, "wb") as f:
+        f.write(b"\x12\x34\x08\x03" + b"\x00" * 12)
+    with pytest.raises(ValueError, match=str(bad)):
+        read_idx(bad)
+    write_idx(tmp_path / "short.gz", np.zeros((2, 3), np.uint8))
+    data = gzip.open(tmp_path / "short.gz").read()[:-1]
+    with gzip.open(tmp_path / "short.gz", "wb") as f:
+        f.write(data)
+    with pytest.raises(ValueError, match="short.gz"):
+        read_idx(tmp_path / "short.gz")
+    with pytest.raises(FileNotFoundError, match="t10k-images"):
+        open_source("idx", tmp_path, "test")
+
+
+def _folder(root, layout):
+    for cls, files in layout.items():
+        (root / cls).mkdir(parents=True)
+        for name in files:
+            Image.fromarray(np.full((8, 8, 3), len(name), np.uint8)).save(root / cls / name)
+
+
+def test_imagefolder_order_is_torchvisions(tmp_path):
+    _folder(tmp_path / "train", {"zebra": ["b.png", "a.png"], "ant": ["z.png", "c.png", "m.jpg"]})
+    (tmp_path / "train" / "ant" / "notes.txt").write_text("not an image")
+    src = open_source("imagefolder", tmp_path, "train")
+    assert src.class_names == ["ant", "zebra"]
+    assert [src.path(i).split("/")[-2:] for i in range(len(src))] == [
+        ["ant", "c.png"], ["ant", "m.jpg"], ["ant", "z.png"], ["zebra", "a.png"], ["zebra", "b.png"]]
+    assert [src.label(i) for i in range(len(src))] == [0, 0, 0, 1, 1]
+
+
+def test_corrupt_image_error_names_path(tmp_path):
+    _folder(tmp_path, {"cat": ["ok.png"]})
+    (tmp_path / "cat" / "broken.png").write_bytes(b"not a png")
+    src = ImageFolderSource(tmp_path)
+    i = [n for n in range(len(src)) if src.path(n).endswith("broken.png")][0]
+    with pytest.raises(ValueError, match="broken.png"):
+        src.encoded(i)
