@@ -33,8 +33,10 @@ DEFAULTS: Dict[str, Any] = {
     "batch_size": 128,
     "eval_batch_size": 256,
     "epoch_size": 10,
+    "stop_at_epoch": None,        # stop (resumably) after this epoch, e.g. to fit a cluster job's time limit
     "opt": "momentum",
     "lr": 0.1,
+    "lr_base_batch": None,        # if set: lr is scaled by global_batch / lr_base_batch (e.g. 256)
     "momentum": 0.9,
     "nesterov": True,
     "weight_decay": 5e-4,

@@ -18,6 +18,7 @@ from mindcv.scheduler import create_scheduler
 from .checkpoint import load_backbone, load_train_state, save_train_state
 from .config import save_config
 from .data import create_dataset, load_manifest
+from .distributed import World, grad_reducer, init_distributed
 from .engine import NetWithLoss, TrainStep, evaluate, setup_context
 from .gpt4image import GPT4ImageNet
 from .losses import GPT4ImageLoss
@@ -40,59 +41,76 @@ def num_classes_of(cfg: Dict, manifest: Dict) -> int:
     return n
 
 
-def build_training(cfg: Dict, steps_per_epoch: int, manifest: Dict, grad_reducer=None):
+def scaled_lr(cfg: Dict, world: World) -> float:
+    """lr * global_batch / lr_base_batch when `lr_base_batch` is set (the linear scaling rule)."""
+    if not cfg["lr_base_batch"]:
+        return cfg["lr"]
+    return cfg["lr"] * cfg["batch_size"] * world.size / cfg["lr_base_batch"]
+
+
+def build_training(cfg: Dict, steps_per_epoch: int, manifest: Dict, world: World = World()):
     a = cfg["align"]
     net = GPT4ImageNet(build_backbone(cfg, num_classes_of(cfg, manifest)), manifest["embedding"]["dim"],
                        a["projector"], a["mlp_bn"])
-    loss = GPT4ImageLoss(a["lambda"], a["loss"], a["tau"], a["normalize"], cfg["label_smoothing"])
-    lr = create_scheduler(steps_per_epoch, scheduler=cfg["scheduler"], lr=cfg["lr"], min_lr=cfg["min_lr"],
+    loss = GPT4ImageLoss(a["lambda"], a["loss"], a["tau"], a["normalize"], cfg["label_smoothing"],
+                         world.size, world.rank)
+    lr = create_scheduler(steps_per_epoch, scheduler=cfg["scheduler"], lr=scaled_lr(cfg, world), min_lr=cfg["min_lr"],
                           warmup_epochs=cfg["warmup_epochs"], warmup_factor=cfg["warmup_factor"],
                           decay_epochs=cfg["epoch_size"] - cfg["warmup_epochs"], num_epochs=cfg["epoch_size"])
     opt = create_optimizer(net.trainable_params(), opt=cfg["opt"], lr=lr, weight_decay=cfg["weight_decay"],
                            momentum=cfg["momentum"], nesterov=cfg["nesterov"])
-    step = TrainStep(NetWithLoss(net, loss), opt, grad_reducer)
+    step = TrainStep(NetWithLoss(net, loss), opt, grad_reducer(world, opt.parameters))
     return net, step, lr
 
 
 def train(cfg: Dict, resume: bool = False) -> Dict:
-    setup_context(cfg)
+    setup_context(cfg)  # the same seed on every rank: identical initial weights
+    world = init_distributed()
+    main = world.is_main  # only rank 0 evaluates and writes files
+    shard = dict(num_shards=world.size, shard_id=world.rank) if world.distributed else {}
     out = Path(cfg["output_dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
     manifest = load_manifest(cfg["data_dir"])
-    train_ds, n_train = create_dataset(cfg, "train", epoch_seed=cfg["seed"])
+    train_ds, n_train = create_dataset(cfg, "train", epoch_seed=cfg["seed"], **shard)
     steps = train_ds.get_dataset_size()
     if steps == 0:
-        raise ValueError(f"{cfg['data_dir']}: {n_train} training samples < batch_size {cfg['batch_size']}")
-    eval_ds, n_eval = create_dataset(cfg, "eval")
-    net, step, lr = build_training(cfg, steps, manifest)
+        raise ValueError(f"{cfg['data_dir']}: {n_train} training samples per device < batch_size {cfg['batch_size']}")
+    eval_ds, n_eval = create_dataset(cfg, "eval") if main else (None, 0)
+    net, step, lr = build_training(cfg, steps, manifest, world)
 
     start_epoch, best = 0, -1.0
     log_path = out / "log.jsonl"
     if resume and (out / "last.ckpt").exists():
         state = load_train_state(step, out / "last.ckpt")
         start_epoch, best = state["epoch"], state["best_top1"]
-        print(f"resumed from {out / 'last.ckpt'} at epoch {start_epoch}")
+        print(f"rank {world.rank}: resumed from {out / 'last.ckpt'} at epoch {start_epoch}")
         if start_epoch >= cfg["epoch_size"] and (out / "summary.json").exists():
             return json.loads((out / "summary.json").read_text())  # finished before: nothing to do
-        kept = [l for l in log_path.read_text().splitlines() if json.loads(l)["epoch"] <= start_epoch] \
-            if log_path.exists() else []
-        log_path.write_text("".join(l + "\n" for l in kept))
-    elif log_path.exists():
+        if main:
+            kept = [l for l in log_path.read_text().splitlines() if json.loads(l)["epoch"] <= start_epoch] \
+                if log_path.exists() else []
+            log_path.write_text("".join(l + "\n" for l in kept))
+    elif main and log_path.exists():
         log_path.unlink()
 
     a = cfg["align"]
-    print(f"train {cfg['model']} on {manifest['dataset']}: {n_train} images, {steps} steps/epoch, "
-          f"batch {cfg['batch_size']}, lambda {a['lambda']}, tau {a['tau']}, loss {a['loss']}, "
-          f"projector {a['projector']}, eval {n_eval} images")
+    if main:
+        print(f"train {cfg['model']} on {manifest['dataset']}: {n_train} images per device, {steps} steps/epoch, "
+              f"{world.size} device(s), batch {cfg['batch_size']}/device = {cfg['batch_size'] * world.size} global, "
+              f"lr {scaled_lr(cfg, world):g}" + (f" (= {cfg['lr']:g} x {cfg['batch_size'] * world.size}/"
+                                                 f"{cfg['lr_base_batch']})" if cfg["lr_base_batch"] else "") +
+              f", lambda {a['lambda']}, tau {a['tau']}, loss {a['loss']}, projector {a['projector']}, "
+              f"eval {n_eval} images")
     t_start, step_times, last_eval = time.time(), [], None
     for epoch in range(start_epoch, cfg["epoch_size"]):
         step.set_train(True)
         # a fresh pipeline per epoch, seeded by epoch: a resumed run sees the same order
-        train_ds, _ = create_dataset(cfg, "train", epoch_seed=cfg["seed"] + epoch)
+        train_ds, _ = create_dataset(cfg, "train", epoch_seed=cfg["seed"] + epoch, **shard)
         sums, t_epoch, seen = np.zeros(3), time.time(), 0
         bar = tqdm(train_ds.create_tuple_iterator(num_epochs=1), total=steps, desc=f"epoch {epoch + 1}/{cfg['epoch_size']}",
-                   unit="step", leave=False)
+                   unit="step", leave=False, disable=not main)
         for i, (image, label, text_emb) in enumerate(bar):
             t0 = time.time()
             loss, ce, align = step(image, label, text_emb)
@@ -107,25 +125,30 @@ def train(cfg: Dict, resume: bool = False) -> Dict:
         epoch_time = time.time() - t_epoch
         record = {"epoch": epoch + 1, "loss": sums[0] / seen, "ce": sums[1] / seen, "align": sums[2] / seen,
                   "lr": float(lr[min((epoch + 1) * steps, len(lr)) - 1]), "epoch_time_s": epoch_time,
-                  "images_per_s": seen * cfg["batch_size"] / epoch_time}
-        is_last = epoch + 1 == cfg["epoch_size"]
-        if is_last or (cfg["eval_every"] and (epoch + 1) % cfg["eval_every"] == 0):
-            last_eval = evaluate(net.backbone, eval_ds)
-            record.update(top1=last_eval["top1"], top5=last_eval["top5"])
-        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
-        with open(log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if "top1" in record and record["top1"] > best:
-            best = record["top1"]
-            save_train_state(step, out / "best.ckpt", epoch + 1, best)
-        save_train_state(step, out / "last.ckpt", epoch + 1, best)
+                  "images_per_s": seen * cfg["batch_size"] * world.size / epoch_time}
+        if main:
+            is_last = epoch + 1 == cfg["epoch_size"]
+            if is_last or (cfg["eval_every"] and (epoch + 1) % cfg["eval_every"] == 0):
+                last_eval = evaluate(net.backbone, eval_ds)
+                record.update(top1=last_eval["top1"], top5=last_eval["top5"])
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if "top1" in record and record["top1"] > best:
+                best = record["top1"]
+                save_train_state(step, out / "best.ckpt", epoch + 1, best)
+            save_train_state(step, out / "last.ckpt", epoch + 1, best)
+        if cfg["stop_at_epoch"] and epoch + 1 >= cfg["stop_at_epoch"]:
+            print(f"stopping after epoch {epoch + 1} (stop_at_epoch); continue with --resume")
+            break
 
     steady = step_times[1:] or step_times  # the first step includes graph compilation
-    summary = {"model": cfg["model"], "lambda": a["lambda"], "epochs": cfg["epoch_size"],
-               "train_images": n_train, "eval_images": n_eval,
+    summary = {"model": cfg["model"], "lambda": a["lambda"], "epochs": cfg["epoch_size"], "devices": world.size,
+               "train_images": n_train * world.size, "eval_images": n_eval,
                "final_top1": last_eval["top1"] if last_eval else None,
                "final_top5": last_eval["top5"] if last_eval else None, "best_top1": best,
                "wall_time_s": time.time() - t_start,
-               "train_images_per_s": cfg["batch_size"] / float(np.median(steady)) if steady else None}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+               "train_images_per_s": cfg["batch_size"] * world.size / float(np.median(steady)) if steady else None}
+    if main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -52,3 +52,14 @@ def idx_root(tmp_path_factory) -> Path:
         write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return root
+
+
+@pytest.fixture(scope="session")
+def packed(idx_root, tmp_path_factory):
+    d = tmp_path_factory.mktemp("pipeline")
+    run_cli("-m", "export", "describe", "--source", "fashion-mnist", "--root", idx_root, "--limit", 80,
+            "--out", d / "desc.jsonl")
+    run_cli("-m", "export", "embed", "--descriptions", d / "desc.jsonl", "--out", d / "emb", "--batch-size", 32)
+    run_cli("-m", "export", "pack", "--source", "fashion-mnist", "--root", idx_root, "--descriptions",
+            d / "desc.jsonl", "--embeddings", d / "emb", "--out", d / "data")
+    return d

@@ -8,17 +8,6 @@ import pytest
 from conftest import run_cli
 
 
-@pytest.fixture(scope="module")
-def packed(idx_root, tmp_path_factory):
-    d = tmp_path_factory.mktemp("pipeline")
-    run_cli("-m", "export", "describe", "--source", "fashion-mnist", "--root", idx_root, "--limit", 80,
-            "--out", d / "desc.jsonl")
-    run_cli("-m", "export", "embed", "--descriptions", d / "desc.jsonl", "--out", d / "emb", "--batch-size", 32)
-    run_cli("-m", "export", "pack", "--source", "fashion-mnist", "--root", idx_root, "--descriptions",
-            d / "desc.jsonl", "--embeddings", d / "emb", "--out", d / "data")
-    return d
-
-
 def test_offline_stage_outputs(packed):
     emb = np.load(packed / "emb.npy")
     assert emb.shape == (80, 384) and emb.dtype == np.float32
