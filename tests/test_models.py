@@ -8,7 +8,11 @@ from ms_gpt4image.gpt4image import GPT4ImageNet, Projector
 from ms_gpt4image.models import create_backbone, list_backbones
 
 ms.set_context(mode=ms.PYNATIVE_MODE)
-TINY_KWARGS = {"resnet18_cifar": {"width": 8}}
+TINY_KWARGS = {"resnet18_cifar": {"width": 8}, "deit_small": {"image_size": 32}, "deit_base": {"image_size": 32}}
+# published parameter counts (millions) at 1000 classes, 224 px: torchvision / DeiT / ConvNeXt papers
+PUBLISHED_M = {"resnet18": 11.7, "resnet50": 25.6, "deit_small": 22.1, "deit_base": 86.6,
+               "convnext_tiny": 28.6, "convnext_small": 50.2, "convnext_base": 88.6,
+               "resnet18_cifar": 11.2}  # CIFAR ResNet-18 at 10 classes (He et al. variant)
 
 
 @pytest.mark.parametrize("name", list_backbones())
@@ -20,6 +24,13 @@ def test_every_backbone_gives_feature_and_logits(name):
     assert f.shape == (2, net.num_features)
     assert net(x).shape == (2, 7)
     np.testing.assert_allclose(net.forward_head(f).asnumpy(), net(x).asnumpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_M))
+def test_parameter_counts_match_published(name):
+    num_classes = 10 if name == "resnet18_cifar" else 1000
+    n = sum(p.size for p in create_backbone(name, num_classes=num_classes).trainable_params()) / 1e6
+    assert round(n, 1) == PUBLISHED_M[name], f"{name}: {n:.3f}M"
 
 
 def test_unknown_backbone_names_the_choices():

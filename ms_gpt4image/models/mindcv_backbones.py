@@ -55,3 +55,13 @@ def resnet50(num_classes: int = 1000, **kwargs):
 @register_backbone
 def convnext_tiny(num_classes: int = 1000, **kwargs):
     return _mindcv("convnext_tiny", False, num_classes, **kwargs)
+
+
+@register_backbone
+def convnext_small(num_classes: int = 1000, **kwargs):
+    return _mindcv("convnext_small", False, num_classes, **kwargs)
+
+
+@register_backbone
+def convnext_base(num_classes: int = 1000, **kwargs):
+    return _mindcv("convnext_base", False, num_classes, **kwargs)
