@@ -46,17 +46,33 @@ def backbone_params(path) -> Dict:
     return params
 
 
+def _match_names(params: Dict, own: Dict) -> Dict:
+    """Maps checkpoint names onto the backbone's: strips mindcv's EMA prefix (`ema.`) and adds the
+    `model.` prefix of our mindcv wrapper when a plain mindcv checkpoint is loaded."""
+    out = {}
+    has_ema = any(k.startswith("ema.") for k in params)
+    for k, v in params.items():
+        if has_ema and not k.startswith("ema."):
+            continue  # a file with raw and EMA weights: the EMA ones are the released model
+        name = k[len("ema."):] if k.startswith("ema.") else k
+        if name not in own and f"model.{name}" in own:
+            name = f"model.{name}"
+        out[name] = v
+    return out
+
+
 def load_backbone(backbone: nn.Cell, path, strict: bool = True) -> Dict:
-    """Loads weights into a standalone backbone. strict=False (initialising from released weights)
-    skips tensors whose shape differs (e.g. a 1000-class head) and reports what did not match."""
-    params = backbone_params(path)
+    """Loads weights into a standalone backbone. strict=False (initialising from released weights,
+    e.g. mindcv's ImageNet checkpoints) skips tensors whose shape differs (a 1000-class head when
+    num_classes differs) and reports missing, unexpected and skipped names."""
     own = {p.name: p for p in backbone.get_parameters()}
+    params = _match_names(backbone_params(path), own)
     skipped = [k for k, v in params.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
     if skipped and strict:
         raise ValueError(f"{path}: shape mismatch for {skipped[:5]}")
+    unexpected = [k for k in params if k not in own]
     params = {k: v for k, v in params.items() if k in own and k not in skipped}
     missing, _ = ms.load_param_into_net(backbone, params)
-    unexpected = [k for k in backbone_params(path) if k not in own]
     if strict and (missing or unexpected):
         raise ValueError(f"{path}: does not fit this backbone: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return {"missing": missing, "unexpected": unexpected, "shape_mismatch": skipped}

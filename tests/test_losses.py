@@ -83,3 +83,30 @@ def test_bad_loss_settings_are_rejected():
         AlignLoss("triplet")
     with pytest.raises(ValueError, match="tau"):
         AlignLoss("infonce", tau=0)
+
+
+@pytest.mark.parametrize("tau", [0.5, 0.2])
+def test_losses_and_gradients_match_pytorch(tau, tmp_path):
+    """The PyTorch computation runs in its own process (torch and mindspore never share one)."""
+    from conftest import ROOT, run_cli
+    import mindspore.nn as nn
+    from ms_gpt4image.gpt4image import Projector
+
+    rng = np.random.default_rng(3)
+    f = rng.normal(size=(8, 32)).astype(np.float32)
+    w = (0.1 * rng.normal(size=(16, 32))).astype(np.float32)
+    _, t = _inputs(8, 16, seed=4)
+    np.savez(tmp_path / "in.npz", f=f, w=w, t=t, tau=tau)
+    run_cli(ROOT / "tests" / "torch_losses.py", tmp_path / "in.npz", tmp_path / "out.npz")
+    ref = np.load(tmp_path / "out.npz")
+    for kind in ("infonce", "clip", "cosine"):
+        proj = Projector(32, 16, "linear")
+        proj.net[0].weight.set_data(ms.Tensor(w))
+        loss = AlignLoss(kind, tau)
+
+        def fn(x, txt):
+            return loss(proj(x), txt)
+
+        value, grads = ms.value_and_grad(fn, None, proj.trainable_params())(ms.Tensor(f), ms.Tensor(t))
+        np.testing.assert_allclose(float(value.asnumpy()), float(ref[kind]), rtol=1e-5, err_msg=kind)
+        np.testing.assert_allclose(grads[0].asnumpy(), ref[f"grad_{kind}"], rtol=1e-4, atol=1e-6, err_msg=kind)

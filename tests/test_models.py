@@ -62,3 +62,26 @@ def test_gpt4image_net_outputs_and_deploy_net():
     deploy = net.deploy_net()
     assert not any("projector" in p.name for p in deploy.get_parameters())
     np.testing.assert_allclose(deploy(x).asnumpy(), logits.asnumpy(), rtol=1e-6)
+
+
+def test_init_from_a_mindcv_imagenet_checkpoint(tmp_path):
+    """A plain mindcv checkpoint (1000 classes, optionally EMA-prefixed) initialises our 10-class
+    backbone: classifier skipped and reported, everything else loaded."""
+    from mindcv.models import create_model
+    from ms_gpt4image.checkpoint import load_backbone
+
+    released = create_model("resnet18", num_classes=1000)
+    ms.save_checkpoint(released, str(tmp_path / "plain.ckpt"))
+    ms.save_checkpoint([{"name": "ema." + p.name, "data": p} for p in released.get_parameters()]
+                       + [{"name": "global_step", "data": ms.Tensor(np.array([5], np.int32))}],
+                       str(tmp_path / "ema.ckpt"))
+    for ckpt in ("plain.ckpt", "ema.ckpt"):
+        net = create_backbone("resnet18", num_classes=10)
+        report = load_backbone(net, tmp_path / ckpt, strict=False)
+        assert sorted(report["shape_mismatch"]) == ["model.classifier.bias", "model.classifier.weight"]
+        assert sorted(report["missing"]) == ["model.classifier.bias", "model.classifier.weight"]
+        np.testing.assert_array_equal(net.model.conv1.weight.asnumpy(), released.conv1.weight.asnumpy())
+        np.testing.assert_array_equal(net.model.layer4[1].bn2.moving_mean.asnumpy(),
+                                      released.layer4[1].bn2.moving_mean.asnumpy())
+    with pytest.raises(ValueError, match="shape mismatch"):
+        load_backbone(create_backbone("resnet18", num_classes=10), tmp_path / "plain.ckpt", strict=True)
