@@ -45,6 +45,13 @@ DEFAULTS: Dict[str, Any] = {
     "warmup_epochs": 1,
     "warmup_factor": 0.01,
     "label_smoothing": 0.0,
+    "clip_grad_norm": 0.0,        # 0 = off
+    "ema": False,                 # keep an EMA of the weights (ema.* in checkpoints)
+    "ema_decay": 0.9999,
+    # mixed precision: O0 (float32, CPU) | O1 | O2 | O3 (Ascend/GPU); loss scaling none | fixed | dynamic
+    "amp_level": "O0",
+    "loss_scale_type": "none",
+    "loss_scale": 1024.0,
     "eval_every": 1,              # epochs between evaluations (0 = only at the end)
     "log_every": 20,              # steps between progress-bar refreshes of the running losses
     # GPT4Image alignment (lambda = 0 is the baseline, same code path)
@@ -130,6 +137,10 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Di
 def validate(cfg: Dict) -> None:
     if cfg["mode"] not in ("graph", "pynative"):
         raise ConfigError(f"mode must be graph or pynative, got {cfg['mode']!r}")
+    if cfg["amp_level"] not in ("O0", "O1", "O2", "O3"):
+        raise ConfigError(f"amp_level must be O0, O1, O2 or O3, got {cfg['amp_level']!r}")
+    if cfg["loss_scale_type"] not in ("none", "fixed", "dynamic"):
+        raise ConfigError(f"loss_scale_type must be none, fixed or dynamic, got {cfg['loss_scale_type']!r}")
     if cfg["align"]["lambda"] < 0:
         raise ConfigError("align.lambda must be >= 0")
     if cfg["batch_size"] < 2 and cfg["align"]["lambda"] > 0 and cfg["align"]["loss"] != "cosine":

@@ -2,13 +2,12 @@
 
 Under msrun every worker runs the same command; `init_distributed` joins the group and switches
 MindSpore to data-parallel mode. Each rank then reads its own MindRecord shard, gradients are
-averaged by `nn.DistributedGradReducer`, and only rank 0 evaluates and writes files.
+averaged by the train step (MindSpore's TrainOneStepCell adds the all-reduce in data-parallel mode), and only rank 0 evaluates and writes files.
 """
 import os
 from dataclasses import dataclass
 
 import mindspore as ms
-import mindspore.nn as nn
 
 
 @dataclass(frozen=True)
@@ -40,10 +39,3 @@ def init_distributed(force: bool = False) -> World:
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                  device_num=world.size)
     return world
-
-
-def grad_reducer(world: World, parameters) -> nn.Cell:
-    """Averages gradients over the group (AllReduce then / size); None on one device."""
-    if not world.distributed:
-        return None
-    return nn.DistributedGradReducer(parameters, mean=True, degree=world.size)

@@ -25,28 +25,75 @@ class NetWithLoss(nn.Cell):
 
     def construct(self, image, label, text_emb):
         logits, proj = self.net(image)
-        return self.loss(logits, proj, label, text_emb)
+        # under mixed precision the net may return float16: the losses are computed in float32
+        return self.loss(logits.astype(ms.float32), proj.astype(ms.float32), label, text_emb)
 
 
-class TrainStep(nn.Cell):
+_grad_scale = ops.MultitypeFuncGraph("grad_scale")
+_ema_update = ops.MultitypeFuncGraph("ema_update")
+
+
+@_grad_scale.register("Tensor", "Tensor")
+def _unscale(scale, grad):
+    return grad * ops.cast(ops.reciprocal(scale), ops.dtype(grad))
+
+
+@_ema_update.register("Tensor", "Tensor", "Tensor")
+def _ema(decay, ema_weight, weight):
+    return ops.assign(ema_weight, ema_weight * decay + weight * (1 - decay))
+
+
+class TrainStep(nn.TrainOneStepWithLossScaleCell):
     """One optimisation step on the total loss; CE and alignment come back for logging only.
-    `grad_reducer` averages gradients across devices in data-parallel runs (identity otherwise)."""
 
-    def __init__(self, net_with_loss: NetWithLoss, optimizer: nn.Optimizer, grad_reducer: nn.Cell = None):
-        super().__init__(auto_prefix=False)
-        self.net_with_loss = net_with_loss
-        self.optimizer = optimizer
-        self.weights = optimizer.parameters
-        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
-        self.grad_reducer = grad_reducer if grad_reducer is not None else nn.Identity()
+    Built on MindSpore's loss-scale cell: `scale_sense` is a Tensor (fixed scale, 1.0 = none) or a
+    `nn.DynamicLossScaleUpdateCell` (steps whose gradients overflow are skipped and the scale
+    shrinks). In data-parallel mode the parent creates the gradient all-reduce (mean). With
+    `ema_decay` > 0 an exponential moving average of every net parameter (BatchNorm statistics
+    included) is kept under the `ema.` prefix, with mindcv's warm-up of the decay.
+    """
+
+    def __init__(self, net_with_loss: NetWithLoss, optimizer: nn.Optimizer, scale_sense=None,
+                 ema_decay: float = 0.0, clip_grad_norm: float = 0.0):
+        if scale_sense is None:
+            scale_sense = ms.Tensor(1.0, ms.float32)
+        super().__init__(net_with_loss, optimizer, scale_sense)
+        self.clip_grad_norm = clip_grad_norm
+        self.use_ema = ema_decay > 0
+        if self.use_ema:
+            self.ema_decay = ema_decay
+            self.ema_updates = ms.Parameter(ms.Tensor(0.0, ms.float32), name="ema_updates")
+            self.model_weights = ms.ParameterTuple(list(net_with_loss.net.get_parameters()))
+            self.ema_weights = self.model_weights.clone("ema", init="same")
+
+    def ema_update(self):
+        self.ema_updates += 1
+        decay = self.ema_decay * (1 - ops.exp(-self.ema_updates / 2000))
+        return self.hyper_map(ops.partial(_ema_update, decay), self.ema_weights, self.model_weights)
+
+    def _apply(self, loss, grads):
+        loss = ops.depend(loss, self.optimizer(grads))
+        if self.use_ema:
+            loss = ops.depend(loss, self.ema_update())
+        return loss
 
     def construct(self, image, label, text_emb):
-        loss, ce, align = self.net_with_loss(image, label, text_emb)
-        # d(total)/d(weights): sensitivity 1 on the total, 0 on the logged parts
-        sens = (ops.ones_like(loss), ops.zeros_like(ce), ops.zeros_like(align))
-        grads = self.grad(self.net_with_loss, self.weights)(image, label, text_emb, sens)
+        loss, ce, align = self.network(image, label, text_emb)
+        scaling_sens = self.scale_sense
+        status, scaling_sens = self.start_overflow_check(loss, scaling_sens)
+        # d(total)/d(weights), scaled: sensitivity = loss scale on the total, 0 on the logged parts
+        sens = (ops.ones_like(loss) * ops.cast(scaling_sens, ops.dtype(loss)), ops.zeros_like(ce), ops.zeros_like(align))
+        grads = self.grad(self.network, self.weights)(image, label, text_emb, sens)
         grads = self.grad_reducer(grads)
-        self.optimizer(grads)
+        grads = self.hyper_map(ops.partial(_grad_scale, scaling_sens), grads)
+        if self.clip_grad_norm > 0:
+            grads = ops.clip_by_global_norm(grads, self.clip_grad_norm)
+        if self.loss_scaling_manager is not None:
+            overflow = self.process_loss_scale(self.get_overflow_status(status, grads))
+            if not overflow:
+                loss = self._apply(loss, grads)
+        else:
+            loss = self._apply(loss, grads)
         return loss, ce, align
 
 

@@ -18,7 +18,7 @@ from mindcv.scheduler import create_scheduler
 from .checkpoint import load_backbone, load_train_state, save_train_state
 from .config import save_config
 from .data import create_dataset, load_manifest
-from .distributed import World, grad_reducer, init_distributed
+from .distributed import World, init_distributed
 from .engine import NetWithLoss, TrainStep, evaluate, setup_context
 from .gpt4image import GPT4ImageNet
 from .losses import GPT4ImageLoss
@@ -59,8 +59,24 @@ def build_training(cfg: Dict, steps_per_epoch: int, manifest: Dict, world: World
                           decay_epochs=cfg["epoch_size"] - cfg["warmup_epochs"], num_epochs=cfg["epoch_size"])
     opt = create_optimizer(net.trainable_params(), opt=cfg["opt"], lr=lr, weight_decay=cfg["weight_decay"],
                            momentum=cfg["momentum"], nesterov=cfg["nesterov"])
-    step = TrainStep(NetWithLoss(net, loss), opt, grad_reducer(world, opt.parameters))
+    if cfg["amp_level"] != "O0":
+        ms.amp.auto_mixed_precision(net, cfg["amp_level"])
+    step = TrainStep(NetWithLoss(net, loss), opt, loss_scale_sense(cfg), ema_decay=cfg["ema_decay"] if cfg["ema"] else 0.0,
+                     clip_grad_norm=cfg["clip_grad_norm"])
     return net, step, lr
+
+
+def loss_scale_sense(cfg: Dict):
+    """none -> 1.0; fixed -> Tensor(loss_scale); dynamic -> an update cell that skips overflowing steps."""
+    kind = cfg["loss_scale_type"]
+    if kind == "none":
+        return None
+    if kind == "fixed":
+        return ms.Tensor(float(cfg["loss_scale"]), ms.float32)
+    if kind == "dynamic":
+        return ms.nn.DynamicLossScaleUpdateCell(loss_scale_value=float(cfg["loss_scale"]), scale_factor=2,
+                                                scale_window=1000)
+    raise ValueError(f"loss_scale_type must be none, fixed or dynamic, got {kind!r}")
 
 
 def train(cfg: Dict, resume: bool = False) -> Dict:

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mindspore as ms  # noqa: E402
 import mindspore.nn as nn  # noqa: E402
 
-from ms_gpt4image.distributed import grad_reducer, init_distributed  # noqa: E402
+from ms_gpt4image.distributed import init_distributed  # noqa: E402
 from ms_gpt4image.engine import NetWithLoss, TrainStep  # noqa: E402
 from ms_gpt4image.gpt4image import GPT4ImageNet  # noqa: E402
 from ms_gpt4image.losses import GPT4ImageLoss  # noqa: E402
@@ -64,7 +64,7 @@ def main():
         loss = GPT4ImageLoss(LAM, a.loss, TAU) if a.loss == "clip" else HalvesLoss(a.loss)
     net = GPT4ImageNet(create_backbone("simple_cnn", num_classes=10, width=8), DIM)
     opt = nn.Momentum(net.trainable_params(), learning_rate=0.5, momentum=0.9)
-    step = TrainStep(NetWithLoss(net, loss), opt, grad_reducer(world, opt.parameters))
+    step = TrainStep(NetWithLoss(net, loss), opt)
     step.set_train(True)
     before = {p.name: p.asnumpy().copy() for p in net.trainable_params()}
     total, ce, align = step(ms.Tensor(x), ms.Tensor(y), ms.Tensor(t))
