@@ -21,8 +21,19 @@ DEFAULTS: Dict[str, Any] = {
     "in_channels": 3,             # images are decoded as RGB (grey images are replicated)
     "mean": [0.5, 0.5, 0.5],      # per-channel, on the 0..1 scale
     "std": [0.5, 0.5, 0.5],
-    "crop_padding": 2,            # random crop with this padding (0 = off)
+    "transforms": "small",        # small: pad + random crop (28-32 px) | imagenet: mindcv's ImageNet transforms
+    "crop_padding": 2,            # small: random crop with this padding (0 = off)
     "hflip": True,
+    "rrc_scale": [0.08, 1.0],     # imagenet: RandomResizedCrop scale range
+    "auto_augment": None,         # imagenet: e.g. "randaug-m9-mstd0.5-inc1" (mindcv names)
+    "color_jitter": None,         # imagenet: used when auto_augment is None
+    "re_prob": 0.0,               # imagenet: random erasing probability
+    "interpolation": "bilinear",
+    "crop_pct": 0.875,            # imagenet eval: resize to image_size / crop_pct, centre crop
+    "mixup": 0.0,                 # mixup alpha (0 = off)
+    "cutmix": 0.0,                # cutmix alpha (0 = off)
+    "mixup_prob": 1.0,
+    "mixup_switch_prob": 0.5,
     "num_parallel_workers": 2,
     # model
     "model": "resnet18_cifar",
@@ -40,6 +51,7 @@ DEFAULTS: Dict[str, Any] = {
     "momentum": 0.9,
     "nesterov": True,
     "weight_decay": 5e-4,
+    "weight_decay_filter": "disable",  # mindcv: disable | auto (no decay on bias/norm/1-D) | norm_and_bias
     "scheduler": "cosine_decay",
     "min_lr": 0.0,
     "warmup_epochs": 1,
@@ -135,6 +147,8 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Di
 
 
 def validate(cfg: Dict) -> None:
+    if cfg["transforms"] not in ("small", "imagenet"):
+        raise ConfigError(f"transforms must be small or imagenet, got {cfg['transforms']!r}")
     if cfg["mode"] not in ("graph", "pynative"):
         raise ConfigError(f"mode must be graph or pynative, got {cfg['mode']!r}")
     if cfg["amp_level"] not in ("O0", "O1", "O2", "O3"):

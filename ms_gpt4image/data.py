@@ -3,8 +3,12 @@ import json
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
+import numpy as np
+
 import mindspore.dataset as ds
 import mindspore.dataset.vision as vision
+from mindcv.data import create_transforms
+from mindcv.data.mixup import Mixup
 
 
 def load_manifest(data_dir) -> Dict:
@@ -22,7 +26,21 @@ def split_files(data_dir, manifest: Dict, split: str):
     return files
 
 
+def _imagenet_ops(cfg: Dict, train: bool):
+    """mindcv's ImageNet transforms (RandomResizedCrop, flip, RandAugment / colour jitter, random
+    erasing; eval: resize to size/crop_pct + centre crop). mindcv normalises on the 0..255 scale."""
+    norm = dict(mean=[255 * m for m in cfg["mean"]], std=[255 * s for s in cfg["std"]],
+                interpolation=cfg["interpolation"])
+    if not train:
+        return create_transforms("imagenet", cfg["image_size"], is_training=False, crop_pct=cfg["crop_pct"], **norm)
+    return create_transforms("imagenet", cfg["image_size"], is_training=True, auto_augment=cfg["auto_augment"],
+                             scale=tuple(cfg["rrc_scale"]), hflip=0.5 if cfg["hflip"] else 0.0,
+                             color_jitter=cfg["color_jitter"], re_prob=cfg["re_prob"], **norm)
+
+
 def _image_ops(cfg: Dict, train: bool):
+    if cfg["transforms"] == "imagenet":
+        return _imagenet_ops(cfg, train)
     size = cfg["image_size"]
     ops = [vision.Decode()]  # RGB; a grey PNG becomes three equal channels
     if train:
@@ -54,5 +72,17 @@ def create_dataset(cfg: Dict, split: str, epoch_seed: Optional[int] = None,
     data = data.map(_image_ops(cfg, train), input_columns="image", num_parallel_workers=cfg["num_parallel_workers"])
     batch = cfg["batch_size"] if train else cfg["eval_batch_size"]
     # train drops the ragged last batch (one static graph); eval keeps every sample
-    data = data.batch(batch, drop_remainder=train)
+    if train and (cfg["mixup"] > 0 or cfg["cutmix"] > 0):
+        # images and labels are mixed (labels become soft targets, label smoothing folded in); the text
+        # embeddings stay those of the unmixed images, as in the authors' DeiT training
+        mix = Mixup(mixup_alpha=cfg["mixup"], cutmix_alpha=cfg["cutmix"], prob=cfg["mixup_prob"],
+                    switch_prob=cfg["mixup_switch_prob"], label_smoothing=cfg["label_smoothing"],
+                    num_classes=manifest["num_classes"])
+
+        def mix_batch(images, labels, batch_info):  # per_batch_map receives lists of samples
+            return mix(np.stack(images), np.stack(labels))
+
+        data = data.batch(batch, drop_remainder=True, per_batch_map=mix_batch, input_columns=["image", "label"])
+    else:
+        data = data.batch(batch, drop_remainder=train)
     return data, n

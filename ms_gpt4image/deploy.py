@@ -17,7 +17,7 @@ from .train import num_classes_of
 def build_deploy_net(cfg: Dict, ckpt) -> nn.Cell:
     manifest = load_manifest(cfg["data_dir"])
     net = create_backbone(cfg["model"], num_classes=num_classes_of(cfg, manifest), in_channels=cfg["in_channels"],
-                          **cfg["model_kwargs"])
+                          image_size=cfg["image_size"], **cfg["model_kwargs"])
     load_backbone(net, ckpt, strict=True)
     net.set_train(False)
     return net

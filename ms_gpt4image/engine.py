@@ -58,6 +58,9 @@ class TrainStep(nn.TrainOneStepWithLossScaleCell):
         if scale_sense is None:
             scale_sense = ms.Tensor(1.0, ms.float32)
         super().__init__(net_with_loss, optimizer, scale_sense)
+        # the parent's overflow check reads NPU float-status registers; on CPU test the gradients
+        # directly (they are already all-reduced, so every rank reaches the same verdict)
+        self.finite_check = ms.get_context("device_target") == "CPU"
         self.clip_grad_norm = clip_grad_norm
         self.use_ema = ema_decay > 0
         if self.use_ema:
@@ -89,7 +92,11 @@ class TrainStep(nn.TrainOneStepWithLossScaleCell):
         if self.clip_grad_norm > 0:
             grads = ops.clip_by_global_norm(grads, self.clip_grad_norm)
         if self.loss_scaling_manager is not None:
-            overflow = self.process_loss_scale(self.get_overflow_status(status, grads))
+            if self.finite_check:
+                cond = ops.logical_not(ms.amp.all_finite(grads))
+            else:
+                cond = self.get_overflow_status(status, grads)
+            overflow = self.process_loss_scale(cond)
             if not overflow:
                 loss = self._apply(loss, grads)
         else:

@@ -15,7 +15,7 @@ class Projector(nn.Cell):
 
     linear: the paper's W (k x d, no bias).
     mlp:    the authors' code: Linear(d, 2k, no bias) -> BN -> ReLU -> Linear(2k, k);
-            `mlp_bn=False` drops the BN (their DeiT variant).
+            `mlp_bn=False` is their DeiT variant: Linear(d, 2k, with bias) -> ReLU -> Linear(2k, k).
     """
 
     def __init__(self, in_dim: int, out_dim: int, kind: str = "linear", mlp_bn: bool = True):
@@ -25,7 +25,7 @@ class Projector(nn.Cell):
         if kind == "linear":
             layers = [nn.Dense(in_dim, out_dim, has_bias=False)]
         else:
-            layers = [nn.Dense(in_dim, 2 * out_dim, has_bias=False)]
+            layers = [nn.Dense(in_dim, 2 * out_dim, has_bias=not mlp_bn)]
             if mlp_bn:
                 layers.append(nn.BatchNorm1d(2 * out_dim))
             layers += [nn.ReLU(), nn.Dense(2 * out_dim, out_dim)]
@@ -49,6 +49,11 @@ class GPT4ImageNet(nn.Cell):
     def construct(self, x: Tensor):
         f = self.backbone.forward_features(x)
         return self.backbone.forward_head(f), self.projector(f)
+
+    def no_weight_decay(self):
+        """Names excluded from weight decay by mindcv's `norm_and_bias` filter (ViT: pos_embed, cls_token)."""
+        names = self.backbone.no_weight_decay() if hasattr(self.backbone, "no_weight_decay") else ()
+        return {f"backbone.{n}" for n in names}
 
     def deploy_net(self) -> nn.Cell:
         return self.backbone

@@ -27,7 +27,7 @@ from .models import create_backbone
 
 def build_backbone(cfg: Dict, num_classes: int):
     backbone = create_backbone(cfg["model"], num_classes=num_classes, in_channels=cfg["in_channels"],
-                               **cfg["model_kwargs"])
+                               image_size=cfg["image_size"], **cfg["model_kwargs"])
     if cfg["pretrained_ckpt"]:
         report = load_backbone(backbone, cfg["pretrained_ckpt"], strict=False)
         print(f"initialised from {cfg['pretrained_ckpt']}: {json.dumps(report)[:500]}")
@@ -52,13 +52,15 @@ def build_training(cfg: Dict, steps_per_epoch: int, manifest: Dict, world: World
     a = cfg["align"]
     net = GPT4ImageNet(build_backbone(cfg, num_classes_of(cfg, manifest)), manifest["embedding"]["dim"],
                        a["projector"], a["mlp_bn"])
-    loss = GPT4ImageLoss(a["lambda"], a["loss"], a["tau"], a["normalize"], cfg["label_smoothing"],
+    mixing = cfg["mixup"] > 0 or cfg["cutmix"] > 0  # then smoothing is inside the soft targets
+    loss = GPT4ImageLoss(a["lambda"], a["loss"], a["tau"], a["normalize"], 0.0 if mixing else cfg["label_smoothing"],
                          world.size, world.rank)
     lr = create_scheduler(steps_per_epoch, scheduler=cfg["scheduler"], lr=scaled_lr(cfg, world), min_lr=cfg["min_lr"],
                           warmup_epochs=cfg["warmup_epochs"], warmup_factor=cfg["warmup_factor"],
                           decay_epochs=cfg["epoch_size"] - cfg["warmup_epochs"], num_epochs=cfg["epoch_size"])
-    opt = create_optimizer(net.trainable_params(), opt=cfg["opt"], lr=lr, weight_decay=cfg["weight_decay"],
-                           momentum=cfg["momentum"], nesterov=cfg["nesterov"])
+    opt = create_optimizer(net, opt=cfg["opt"], lr=lr, weight_decay=cfg["weight_decay"],
+                           momentum=cfg["momentum"], nesterov=cfg["nesterov"],
+                           weight_decay_filter=cfg["weight_decay_filter"])
     if cfg["amp_level"] != "O0":
         ms.amp.auto_mixed_precision(net, cfg["amp_level"])
     step = TrainStep(NetWithLoss(net, loss), opt, loss_scale_sense(cfg), ema_decay=cfg["ema_decay"] if cfg["ema"] else 0.0,

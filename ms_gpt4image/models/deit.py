@@ -30,10 +30,10 @@ class DeiT(VisionTransformer):
 
 
 @register_backbone
-def deit_small(num_classes: int = 1000, **kwargs):
-    return DeiT(384, 6, num_classes=num_classes, **kwargs)
+def deit_small(num_classes: int = 1000, image_size: int = 224, **kwargs):
+    return DeiT(384, 6, num_classes=num_classes, image_size=image_size, **kwargs)
 
 
 @register_backbone
-def deit_base(num_classes: int = 1000, **kwargs):
-    return DeiT(768, 12, num_classes=num_classes, **kwargs)
+def deit_base(num_classes: int = 1000, image_size: int = 224, **kwargs):
+    return DeiT(768, 12, num_classes=num_classes, image_size=image_size, **kwargs)

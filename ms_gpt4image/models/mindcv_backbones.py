@@ -35,10 +35,9 @@ class MindcvBackbone(nn.Cell):
         return self.forward_head(self.forward_features(x))
 
 
-def _mindcv(name: str, pool_in_head: bool, num_classes: int, in_channels: int = 3, checkpoint_path: str = ""):
-    # Pretrained weights are loaded by path (mindcv's download URLs are not always reachable).
-    model = create_model(name, num_classes=num_classes, in_channels=in_channels, pretrained=False,
-                         checkpoint_path=checkpoint_path)
+def _mindcv(name: str, pool_in_head: bool, num_classes: int, in_channels: int = 3, **kwargs):
+    # never pretrained=True (download URLs); released weights come in by path: config `pretrained_ckpt`
+    model = create_model(name, num_classes=num_classes, in_channels=in_channels, pretrained=False, **kwargs)
     return MindcvBackbone(model, pool_in_head)
 
 

@@ -6,6 +6,7 @@ A backbone is an `nn.Cell` with
   * `forward_head(f)`        -- logits [B, num_classes],
   * `construct(x)`           -- logits (so the backbone alone is the deployable net).
 """
+import inspect
 from typing import Callable, Dict, List
 
 _BACKBONES: Dict[str, Callable] = {}
@@ -23,7 +24,11 @@ def list_backbones() -> List[str]:
     return sorted(_BACKBONES)
 
 
-def create_backbone(name: str, num_classes: int, **kwargs):
+def create_backbone(name: str, num_classes: int, image_size: int = None, **kwargs):
+    """`image_size` reaches only backbones whose shape depends on it (ViTs: position embeddings)."""
     if name not in _BACKBONES:
         raise KeyError(f"unknown backbone {name!r}; registered: {', '.join(list_backbones())}")
-    return _BACKBONES[name](num_classes=num_classes, **kwargs)
+    fn = _BACKBONES[name]
+    if image_size is not None and "image_size" in inspect.signature(fn).parameters:
+        kwargs["image_size"] = image_size
+    return fn(num_classes=num_classes, **kwargs)

@@ -1,0 +1,39 @@
+"""One graph-mode training step of every registered backbone at 32 px (tests/test_models.py).
+Prints one JSON line per backbone: the losses, and whether the weights changed."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import mindspore as ms  # noqa: E402
+import mindspore.nn as nn  # noqa: E402
+
+from ms_gpt4image.engine import NetWithLoss, TrainStep  # noqa: E402
+from ms_gpt4image.gpt4image import GPT4ImageNet  # noqa: E402
+from ms_gpt4image.losses import GPT4ImageLoss  # noqa: E402
+from ms_gpt4image.models import create_backbone, list_backbones  # noqa: E402
+
+
+def main():
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device("CPU")
+    rng = np.random.default_rng(0)
+    x = ms.Tensor(rng.normal(size=(4, 3, 32, 32)).astype(np.float32))
+    y = ms.Tensor(np.array([0, 1, 2, 3], np.int32))
+    t = rng.normal(size=(4, 16)).astype(np.float32)
+    t = ms.Tensor(t / np.linalg.norm(t, axis=1, keepdims=True))
+    for name in sys.argv[1:] or list_backbones():
+        net = GPT4ImageNet(create_backbone(name, num_classes=10, image_size=32), 16)
+        step = TrainStep(NetWithLoss(net, GPT4ImageLoss(0.3)), nn.Momentum(net.trainable_params(), 0.01, 0.9))
+        step.set_train(True)
+        before = {p.name: p.asnumpy().copy() for p in net.trainable_params()}
+        losses = [float(v.asnumpy()) for v in step(x, y, t)]
+        changed = sum(not np.array_equal(before[p.name], p.asnumpy()) for p in net.trainable_params())
+        print(json.dumps({"backbone": name, "losses": losses, "changed": changed, "params": len(before)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
