@@ -1,4 +1,4 @@
-"""python -m export describe|embed|pack|verify ..."""
+"""python -m export describe|embed|pack|verify|dump-torch ..."""
 import argparse
 import json
 import sys
@@ -42,6 +42,11 @@ def cmd_verify(a):
     return run_verify(a.data_dir)
 
 
+def cmd_dump_torch(a):
+    from .torch_state import dump
+    return dump(a.src, a.out, a.key, a.unsafe_pickle)
+
+
 def main(argv=None):
     from .describers import list_describers
     ap = argparse.ArgumentParser(prog="python -m export", description=__doc__)
@@ -83,6 +88,13 @@ def main(argv=None):
     p = sub.add_parser("verify", help="read packed MindRecord back and check it against the manifest")
     p.add_argument("data_dir")
     p.set_defaults(fn=cmd_verify)
+
+    p = sub.add_parser("dump-torch", help="PyTorch checkpoint -> .npz state dict (used by ms_gpt4image convert)")
+    p.add_argument("src")
+    p.add_argument("out")
+    p.add_argument("--key", default=None, help="state_dict | model | model_ema (default: the first present)")
+    p.add_argument("--unsafe-pickle", action="store_true", help="torch.load with weights_only=False (trusted files)")
+    p.set_defaults(fn=cmd_dump_torch)
 
     a = ap.parse_args(argv)
     try:

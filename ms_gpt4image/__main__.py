@@ -1,4 +1,4 @@
-"""python -m ms_gpt4image train|evaluate|export ..."""
+"""python -m ms_gpt4image train|evaluate|export|convert ..."""
 import argparse
 import json
 import sys
@@ -20,9 +20,27 @@ def main(argv=None):
             p.add_argument("--ckpt", required=True, help="training or deployable checkpoint")
         if name == "export":
             p.add_argument("--out", required=True, help="output prefix: writes OUT.mindir and OUT.ckpt")
+    p = sub.add_parser("convert", help="PyTorch checkpoint (torchvision, timm, ConvNeXt, the authors') -> MindSpore")
+    p.add_argument("--src", required=True, help=".pth / .pth.tar")
+    p.add_argument("--format", required=True,
+                   help="torchvision-resnet | timm-deit | convnext | gpt4image-resnet | gpt4image-deit")
+    p.add_argument("--model", required=True, help="our backbone name, e.g. resnet50, deit_base, convnext_tiny")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--key", default=None, help="state_dict | model | model_ema (default: the first present)")
+    p.add_argument("--unsafe-pickle", action="store_true", help="allow pickled objects (trusted files only)")
+    p.add_argument("--out", required=True, help="output .ckpt")
     a = ap.parse_args(argv)
 
     from .config import ConfigError, load_config
+    if a.cmd == "convert":
+        from .convert import run_convert
+        try:
+            result = run_convert(a.src, a.format, a.model, a.out, a.image_size, a.key, a.unsafe_pickle)
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(json.dumps(result, indent=2))
+        return 0
     try:
         cfg = load_config(a.config, a.set)
         if cfg["data_dir"] is None:

@@ -1,6 +1,8 @@
 """DeiT-S / DeiT-B (Touvron et al. 2021), not in mindcv: built on mindcv's VisionTransformer with
 DeiT's exact settings (patch 16, dims 384/768, depth 12, heads 6/12, qkv bias, LayerNorm eps 1e-6,
-cls token + learned position embedding). The pooled feature is the cls token after the final norm."""
+cls token + learned position embedding, exact erf GELU as in timm: MindSpore's nn.GELU defaults to
+the tanh approximation, which would shift converted PyTorch weights' logits by ~1e-3).
+The pooled feature is the cls token after the final norm."""
 from functools import partial
 
 import mindspore.nn as nn
@@ -16,6 +18,7 @@ class DeiT(VisionTransformer):
         super().__init__(image_size=image_size, patch_size=16, in_channels=in_channels, embed_dim=embed_dim,
                          depth=12, num_heads=num_heads, mlp_ratio=4.0, qkv_bias=True, global_pool="token",
                          drop_path_rate=drop_path_rate, norm_layer=partial(nn.LayerNorm, epsilon=1e-6),
+                         act_layer=partial(nn.GELU, approximate=False),
                          num_classes=num_classes, **kwargs)
         self.num_features = embed_dim
 

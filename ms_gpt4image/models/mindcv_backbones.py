@@ -2,6 +2,7 @@
 import mindspore.nn as nn
 from mindspore import Tensor
 from mindcv.models import create_model
+from mindcv.models.convnext import Block as ConvNeXtBlock
 
 from .registry import register_backbone
 
@@ -41,26 +42,43 @@ def _mindcv(name: str, pool_in_head: bool, num_classes: int, in_channels: int = 
     return MindcvBackbone(model, pool_in_head)
 
 
+def _resnet(name: str, num_classes: int, torch_maxpool: bool = False, **kwargs):
+    """torch_maxpool: pad the stem max-pool by 1 on every side as torchvision does (mindcv uses
+    'same' padding, which pads only bottom/right): needed for weights converted from PyTorch."""
+    net = _mindcv(name, True, num_classes, **kwargs)
+    if torch_maxpool:
+        net.model.max_pool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="pad", padding=1)
+    return net
+
+
+def _convnext(name: str, num_classes: int, **kwargs):
+    net = _mindcv(name, False, num_classes, **kwargs)
+    for _, cell in net.cells_and_names():  # exact erf GELU, as the official ConvNeXt (mindcv: tanh approx.)
+        if isinstance(cell, ConvNeXtBlock):
+            cell.act = nn.GELU(approximate=False)
+    return net
+
+
 @register_backbone
 def resnet18(num_classes: int = 1000, **kwargs):
-    return _mindcv("resnet18", True, num_classes, **kwargs)
+    return _resnet("resnet18", num_classes, **kwargs)
 
 
 @register_backbone
 def resnet50(num_classes: int = 1000, **kwargs):
-    return _mindcv("resnet50", True, num_classes, **kwargs)
+    return _resnet("resnet50", num_classes, **kwargs)
 
 
 @register_backbone
 def convnext_tiny(num_classes: int = 1000, **kwargs):
-    return _mindcv("convnext_tiny", False, num_classes, **kwargs)
+    return _convnext("convnext_tiny", num_classes, **kwargs)
 
 
 @register_backbone
 def convnext_small(num_classes: int = 1000, **kwargs):
-    return _mindcv("convnext_small", False, num_classes, **kwargs)
+    return _convnext("convnext_small", num_classes, **kwargs)
 
 
 @register_backbone
 def convnext_base(num_classes: int = 1000, **kwargs):
-    return _mindcv("convnext_base", False, num_classes, **kwargs)
+    return _convnext("convnext_base", num_classes, **kwargs)
