@@ -18,6 +18,8 @@ def main(argv=None):
             p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.ckpt")
         else:
             p.add_argument("--ckpt", required=True, help="training or deployable checkpoint")
+            p.add_argument("--weights", default="auto", choices=["auto", "ema", "raw"],
+                           help="auto: the EMA weights when the training checkpoint has them")
         if name == "export":
             p.add_argument("--out", required=True, help="output prefix: writes OUT.mindir and OUT.ckpt")
     p = sub.add_parser("convert", help="PyTorch checkpoint (torchvision, timm, ConvNeXt, the authors') -> MindSpore")
@@ -50,10 +52,10 @@ def main(argv=None):
             result = train(cfg, resume=a.resume)
         elif a.cmd == "evaluate":
             from .deploy import run_evaluate
-            result = run_evaluate(cfg, a.ckpt)
+            result = run_evaluate(cfg, a.ckpt, a.weights)
         else:
             from .deploy import run_export
-            result = run_export(cfg, a.ckpt, a.out)
+            result = run_export(cfg, a.ckpt, a.out, weights=a.weights)
     except (ConfigError, ValueError, KeyError, FileNotFoundError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

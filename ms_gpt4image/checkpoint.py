@@ -36,11 +36,22 @@ def save_deploy(backbone: nn.Cell, path) -> None:
     _atomic_save(entries, path)
 
 
-def backbone_params(path) -> Dict:
-    """Backbone parameters from a deploy or a training checkpoint, without the `backbone.` prefix."""
+EMA_PREFIX = "ema." + PREFIX
+
+
+def backbone_params(path, weights: str = "auto") -> Dict:
+    """Backbone parameters from a deploy or a training checkpoint, without the `backbone.` prefix.
+    weights: raw | ema | auto (the EMA copy when the training checkpoint holds one)."""
+    if weights not in ("auto", "ema", "raw"):
+        raise ValueError(f"weights must be auto, ema or raw, got {weights!r}")
     if not Path(path).exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     params = ms.load_checkpoint(str(path))
+    has_ema = any(k.startswith(EMA_PREFIX) for k in params)
+    if weights == "ema" and not has_ema:
+        raise ValueError(f"{path}: no EMA weights (train with ema: true)")
+    if has_ema and weights != "raw":
+        return {k[len(EMA_PREFIX):]: v for k, v in params.items() if k.startswith(EMA_PREFIX)}
     if any(k.startswith(PREFIX) for k in params):
         params = {k[len(PREFIX):]: v for k, v in params.items() if k.startswith(PREFIX)}
     return params
@@ -61,12 +72,12 @@ def _match_names(params: Dict, own: Dict) -> Dict:
     return out
 
 
-def load_backbone(backbone: nn.Cell, path, strict: bool = True) -> Dict:
-    """Loads weights into a standalone backbone. strict=False (initialising from released weights,
+def load_backbone(backbone: nn.Cell, path, strict: bool = True, weights: str = "auto") -> Dict:
+    """Loads weights into a standalone backbone (`weights`: see backbone_params). strict=False (initialising from released weights,
     e.g. mindcv's ImageNet checkpoints) skips tensors whose shape differs (a 1000-class head when
     num_classes differs) and reports missing, unexpected and skipped names."""
     own = {p.name: p for p in backbone.get_parameters()}
-    params = _match_names(backbone_params(path), own)
+    params = _match_names(backbone_params(path, weights), own)
     skipped = [k for k, v in params.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
     if skipped and strict:
         raise ValueError(f"{path}: shape mismatch for {skipped[:5]}")

@@ -60,6 +60,7 @@ DEFAULTS: Dict[str, Any] = {
     "clip_grad_norm": 0.0,        # 0 = off
     "ema": False,                 # keep an EMA of the weights (ema.* in checkpoints)
     "ema_decay": 0.9999,
+    "ema_warmup": 0,              # 0: constant decay (timm ModelEma); N: mindcv's decay * (1 - exp(-step / N))
     # mixed precision: O0 (float32, CPU) | O1 | O2 | O3 (Ascend/GPU); loss scaling none | fixed | dynamic
     "amp_level": "O0",
     "loss_scale_type": "none",

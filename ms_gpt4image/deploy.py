@@ -14,27 +14,27 @@ from .models import create_backbone
 from .train import num_classes_of
 
 
-def build_deploy_net(cfg: Dict, ckpt) -> nn.Cell:
+def build_deploy_net(cfg: Dict, ckpt, weights: str = "auto") -> nn.Cell:
     manifest = load_manifest(cfg["data_dir"])
     net = create_backbone(cfg["model"], num_classes=num_classes_of(cfg, manifest), in_channels=cfg["in_channels"],
                           image_size=cfg["image_size"], **cfg["model_kwargs"])
-    load_backbone(net, ckpt, strict=True)
+    load_backbone(net, ckpt, strict=True, weights=weights)
     net.set_train(False)
     return net
 
 
-def run_evaluate(cfg: Dict, ckpt) -> Dict:
+def run_evaluate(cfg: Dict, ckpt, weights: str = "auto") -> Dict:
     setup_context(cfg)
-    net = build_deploy_net(cfg, ckpt)
+    net = build_deploy_net(cfg, ckpt, weights)
     data, _ = create_dataset(cfg, "eval")
-    return {"checkpoint": str(ckpt), **evaluate(net, data)}
+    return {"checkpoint": str(ckpt), "weights": weights, **evaluate(net, data)}
 
 
-def run_export(cfg: Dict, ckpt, out_prefix, check_batches: int = 1) -> Dict:
+def run_export(cfg: Dict, ckpt, out_prefix, check_batches: int = 1, weights: str = "auto") -> Dict:
     """Writes OUT.mindir and OUT.ckpt; reloads the MindIR with `ms.load` + `nn.GraphCell` and checks
     that it gives the trained net's logits on real eval batches."""
     setup_context(cfg)
-    net = build_deploy_net(cfg, ckpt)
+    net = build_deploy_net(cfg, ckpt, weights)
     out_prefix = Path(out_prefix)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     c, s = cfg["in_channels"], cfg["image_size"]

@@ -50,11 +50,12 @@ class TrainStep(nn.TrainOneStepWithLossScaleCell):
     `nn.DynamicLossScaleUpdateCell` (steps whose gradients overflow are skipped and the scale
     shrinks). In data-parallel mode the parent creates the gradient all-reduce (mean). With
     `ema_decay` > 0 an exponential moving average of every net parameter (BatchNorm statistics
-    included) is kept under the `ema.` prefix, with mindcv's warm-up of the decay.
+    included) is kept under the `ema.` prefix: constant decay as timm's ModelEma (the DeiT and
+    ConvNeXt recipes), or with `ema_warmup` steps mindcv's warm-up decay * (1 - exp(-t / warmup)).
     """
 
     def __init__(self, net_with_loss: NetWithLoss, optimizer: nn.Optimizer, scale_sense=None,
-                 ema_decay: float = 0.0, clip_grad_norm: float = 0.0):
+                 ema_decay: float = 0.0, clip_grad_norm: float = 0.0, ema_warmup: int = 0):
         if scale_sense is None:
             scale_sense = ms.Tensor(1.0, ms.float32)
         super().__init__(net_with_loss, optimizer, scale_sense)
@@ -65,13 +66,16 @@ class TrainStep(nn.TrainOneStepWithLossScaleCell):
         self.use_ema = ema_decay > 0
         if self.use_ema:
             self.ema_decay = ema_decay
+            self.ema_warmup = float(ema_warmup)
             self.ema_updates = ms.Parameter(ms.Tensor(0.0, ms.float32), name="ema_updates")
             self.model_weights = ms.ParameterTuple(list(net_with_loss.net.get_parameters()))
             self.ema_weights = self.model_weights.clone("ema", init="same")
 
     def ema_update(self):
         self.ema_updates += 1
-        decay = self.ema_decay * (1 - ops.exp(-self.ema_updates / 2000))
+        decay = self.ema_decay * ops.ones_like(self.ema_updates)
+        if self.ema_warmup > 0:
+            decay = decay * (1 - ops.exp(-self.ema_updates / self.ema_warmup))
         return self.hyper_map(ops.partial(_ema_update, decay), self.ema_weights, self.model_weights)
 
     def _apply(self, loss, grads):

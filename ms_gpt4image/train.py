@@ -64,7 +64,7 @@ def build_training(cfg: Dict, steps_per_epoch: int, manifest: Dict, world: World
     if cfg["amp_level"] != "O0":
         ms.amp.auto_mixed_precision(net, cfg["amp_level"])
     step = TrainStep(NetWithLoss(net, loss), opt, loss_scale_sense(cfg), ema_decay=cfg["ema_decay"] if cfg["ema"] else 0.0,
-                     clip_grad_norm=cfg["clip_grad_norm"])
+                     clip_grad_norm=cfg["clip_grad_norm"], ema_warmup=cfg["ema_warmup"])
     return net, step, lr
 
 
@@ -79,6 +79,13 @@ def loss_scale_sense(cfg: Dict):
         return ms.nn.DynamicLossScaleUpdateCell(loss_scale_value=float(cfg["loss_scale"]), scale_factor=2,
                                                 scale_window=1000)
     raise ValueError(f"loss_scale_type must be none, fixed or dynamic, got {kind!r}")
+
+
+def copy_ema_weights(step, backbone) -> None:
+    """EMA copies (`ema.backbone.*` in the train step) -> a standalone backbone for evaluation."""
+    ema = {p.name[len("ema.backbone."):]: p for p in step.ema_weights if p.name.startswith("ema.backbone.")}
+    for p in backbone.get_parameters():
+        p.set_data(ms.Tensor(ema[p.name].asnumpy()))  # a copy: the EMA keeps moving
 
 
 def train(cfg: Dict, resume: bool = False) -> Dict:
@@ -97,6 +104,7 @@ def train(cfg: Dict, resume: bool = False) -> Dict:
         raise ValueError(f"{cfg['data_dir']}: {n_train} training samples per device < batch_size {cfg['batch_size']}")
     eval_ds, n_eval = create_dataset(cfg, "eval") if main else (None, 0)
     net, step, lr = build_training(cfg, steps, manifest, world)
+    ema_net = build_backbone(dict(cfg, pretrained_ckpt=None), manifest["num_classes"]) if cfg["ema"] and main else None
 
     start_epoch, best = 0, -1.0
     log_path = out / "log.jsonl"
@@ -149,11 +157,17 @@ def train(cfg: Dict, resume: bool = False) -> Dict:
             if is_last or (cfg["eval_every"] and (epoch + 1) % cfg["eval_every"] == 0):
                 last_eval = evaluate(net.backbone, eval_ds)
                 record.update(top1=last_eval["top1"], top5=last_eval["top5"])
+                if ema_net is not None:  # the EMA weights are what export/evaluate use by default
+                    copy_ema_weights(step, ema_net)
+                    ema_eval = evaluate(ema_net, eval_ds)
+                    record.update(ema_top1=ema_eval["top1"], ema_top5=ema_eval["top5"])
+                    last_eval = ema_eval
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
-            if "top1" in record and record["top1"] > best:
-                best = record["top1"]
+            score = record.get("ema_top1", record.get("top1"))  # ranks what gets deployed
+            if score is not None and score > best:
+                best = score
                 save_train_state(step, out / "best.ckpt", epoch + 1, best)
             save_train_state(step, out / "last.ckpt", epoch + 1, best)
         if cfg["stop_at_epoch"] and epoch + 1 >= cfg["stop_at_epoch"]:

@@ -91,3 +91,22 @@ def test_interrupted_training_resumes_identically(packed, tmp_path):
     for a, b in zip(full, split):  # BatchNorm statistics, momentum and the lr schedule all carried over
         for key in ("loss", "ce", "align", "lr", "top1"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["epoch"], key)
+
+
+def test_ema_training_evaluates_and_exports_the_ema_weights(packed, tmp_path):
+    cfg = tmp_path / "ema.yaml"
+    cfg.write_text(f"data_dir: {packed / 'data'}\noutput_dir: {tmp_path / 'run'}\nmodel: simple_cnn\n"
+                   "batch_size: 16\neval_batch_size: 40\nepoch_size: 2\nwarmup_epochs: 0\nema: true\n"
+                   "ema_decay: 0.9\nloss_scale_type: dynamic\nloss_scale: 65536\n")
+    run_cli("-m", "ms_gpt4image", "train", "-c", cfg)
+    last = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()][-1]
+    assert "ema_top1" in last and "top1" in last
+    ckpt = tmp_path / "run" / "last.ckpt"
+    ev = {w: json.loads(run_cli("-m", "ms_gpt4image", "evaluate", "-c", cfg, "--ckpt", ckpt, "--weights", w).stdout)
+          for w in ("auto", "ema", "raw")}
+    assert ev["auto"]["top1"] == ev["ema"]["top1"] == pytest.approx(last["ema_top1"])
+    assert ev["raw"]["top1"] == pytest.approx(last["top1"])
+    assert ev["raw"]["top1"] != ev["ema"]["top1"]  # decay 0.9 over 10 steps: two different nets
+    run_cli("-m", "ms_gpt4image", "export", "-c", cfg, "--ckpt", ckpt, "--out", tmp_path / "net")
+    ev2 = json.loads(run_cli("-m", "ms_gpt4image", "evaluate", "-c", cfg, "--ckpt", tmp_path / "net.ckpt").stdout)
+    assert ev2["top1"] == pytest.approx(last["ema_top1"])
