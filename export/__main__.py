@@ -18,8 +18,8 @@ def cmd_describe(a):
     from .describers import create_describer
     from .readers import open_source
     src = open_source(a.source, a.root, a.split)
-    describer = create_describer(a.backend, model=a.model, prompt=a.prompt, device=a.device, dtype=a.dtype) \
-        if a.model else create_describer(a.backend, prompt=a.prompt, device=a.device, dtype=a.dtype)
+    kwargs = dict(prompt=a.prompt, device=a.device, dtype=a.dtype, **({"model": a.model} if a.model else {}))
+    describer = create_describer(a.backend, **kwargs)
     return run_describe(src, describer, a.out, list(_limit(len(src), a.limit)), a.batch_size)
 
 

@@ -2,8 +2,9 @@
 
 1. A 3x3 convolution on a 64x64x16x16 tensor: mindspore 2.9/2.10 take ~2 s here against ~0.02 s
    for 2.7.x (shared/FACTS.md). Exits non-zero above --conv-limit so a bad version bump is caught.
-2. Train-step images/s for a backbone with lambda = 0 and lambda = 0.3, measured alternately in
-   one process (median of N steps each), so the ratio is the cost of the alignment branch.
+2. Train-step images/s for each backbone (--models, default resnet18_cifar; `all` = every registered
+   one) with lambda = 0 and lambda = 0.3, measured alternately in one process (median of N steps
+   each), so the ratio is the cost of the alignment branch.
 """
 import argparse
 import json
@@ -28,9 +29,34 @@ def conv_seconds(repeats: int = 5) -> float:
     return float(np.median(times))
 
 
+def bench_model(name, a, GPT4ImageNet, GPT4ImageLoss, NetWithLoss, TrainStep, create_backbone):
+    rng = np.random.default_rng(0)
+    x = ms.Tensor(rng.normal(size=(a.batch, 3, a.size, a.size)).astype(np.float32))
+    y = ms.Tensor(rng.integers(0, 10, a.batch).astype(np.int32))
+    t = rng.normal(size=(a.batch, 384)).astype(np.float32)
+    t = ms.Tensor(t / np.linalg.norm(t, axis=1, keepdims=True))
+    steps = {}
+    for lam in (0.0, 0.3):
+        kwargs = {"width": a.width} if name == "resnet18_cifar" else {}
+        net = GPT4ImageNet(create_backbone(name, num_classes=10, image_size=a.size, **kwargs), 384)
+        opt = nn.Momentum(net.trainable_params(), 0.01, 0.9)
+        steps[lam] = TrainStep(NetWithLoss(net, GPT4ImageLoss(lam)), opt)
+        steps[lam].set_train(True)
+        steps[lam](x, y, t)[0].asnumpy()  # compile
+    times = {0.0: [], 0.3: []}
+    for _ in range(a.steps):
+        for lam, step in steps.items():  # alternate so both arms see the same machine load
+            t0 = time.perf_counter()
+            step(x, y, t)[0].asnumpy()
+            times[lam].append(time.perf_counter() - t0)
+    ips = {lam: a.batch / float(np.median(v)) for lam, v in times.items()}
+    return {"model": name, "images_per_s_lambda0": round(ips[0.0], 1), "images_per_s_lambda0.3": round(ips[0.3], 1),
+            "alignment_cost_ratio": round(ips[0.0] / ips[0.3], 3)}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", default="resnet18_cifar")
+    ap.add_argument("--models", default="resnet18_cifar", help="comma-separated backbone names, or all")
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--size", type=int, default=28)
@@ -46,30 +72,15 @@ def main(argv=None):
     ms.set_context(mode=ms.PYNATIVE_MODE)
     conv = conv_seconds()
     ms.set_context(mode=ms.GRAPH_MODE)
-    rng = np.random.default_rng(0)
-    x = ms.Tensor(rng.normal(size=(a.batch, 3, a.size, a.size)).astype(np.float32))
-    y = ms.Tensor(rng.integers(0, 10, a.batch).astype(np.int32))
-    t = rng.normal(size=(a.batch, 384)).astype(np.float32)
-    t = ms.Tensor(t / np.linalg.norm(t, axis=1, keepdims=True))
-    steps = {}
-    for lam in (0.0, 0.3):
-        kwargs = {"width": a.width} if a.model == "resnet18_cifar" else {}
-        net = GPT4ImageNet(create_backbone(a.model, num_classes=10, **kwargs), 384)
-        opt = nn.Momentum(net.trainable_params(), 0.01, 0.9)
-        steps[lam] = TrainStep(NetWithLoss(net, GPT4ImageLoss(lam)), opt)
-        steps[lam].set_train(True)
-        steps[lam](x, y, t)[0].asnumpy()  # compile
-    times = {0.0: [], 0.3: []}
-    for _ in range(a.steps):
-        for lam, step in steps.items():  # alternate so both arms see the same machine load
-            t0 = time.perf_counter()
-            step(x, y, t)[0].asnumpy()
-            times[lam].append(time.perf_counter() - t0)
-    ips = {lam: a.batch / float(np.median(v)) for lam, v in times.items()}
-    result = {"mindspore": ms.__version__, "conv3x3_64x16x64x64_s": round(conv, 4), "model": a.model,
-              "batch": a.batch, "input": a.size, "images_per_s_lambda0": round(ips[0.0], 1),
-              "images_per_s_lambda0.3": round(ips[0.3], 1), "alignment_cost_ratio": round(ips[0.0] / ips[0.3], 3)}
+    from ms_gpt4image.models import list_backbones
+    names = list_backbones() if a.models == "all" else a.models.split(",")
+    rows = [bench_model(name, a, GPT4ImageNet, GPT4ImageLoss, NetWithLoss, TrainStep, create_backbone) for name in names]
+    result = {"mindspore": ms.__version__, "conv3x3_64x16x64x64_s": round(conv, 4), "batch": a.batch,
+              "input": a.size, "steps": a.steps, "models": rows}
     print(json.dumps(result, indent=2))
+    print("| backbone | images/s, lambda 0 | images/s, lambda 0.3 | ratio |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['images_per_s_lambda0']} | {r['images_per_s_lambda0.3']} | {r['alignment_cost_ratio']} |")
     if conv > a.conv_limit:
         print(f"FAIL: conv took {conv:.3f} s > {a.conv_limit} s: is mindspore >= 2.9 installed?", file=sys.stderr)
         return 1
