@@ -31,8 +31,8 @@ def main():
         step.set_train(True)
         before = {p.name: p.asnumpy().copy() for p in net.trainable_params()}
         losses = [float(v.asnumpy()) for v in step(x, y, t)]
-        changed = sum(not np.array_equal(before[p.name], p.asnumpy()) for p in net.trainable_params())
-        print(json.dumps({"backbone": name, "losses": losses, "changed": changed, "params": len(before)}), flush=True)
+        changed = [p.name for p in net.trainable_params() if not np.array_equal(before[p.name], p.asnumpy())]
+        print(json.dumps({"backbone": name, "losses": losses, "changed": changed, "params": list(before)}), flush=True)
 
 
 if __name__ == "__main__":
