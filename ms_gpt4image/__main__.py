@@ -15,7 +15,8 @@ def main(argv=None):
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set align.lambda=0 (repeatable)")
         if name == "train":
-            p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.ckpt")
+            p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
+                           help="continue from OUTPUT_DIR/last.ckpt, or from the given training checkpoint")
         else:
             p.add_argument("--ckpt", required=True, help="training or deployable checkpoint")
             p.add_argument("--weights", default="auto", choices=["auto", "ema", "raw"],

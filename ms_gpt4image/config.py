@@ -66,6 +66,7 @@ DEFAULTS: Dict[str, Any] = {
     "loss_scale_type": "none",
     "loss_scale": 1024.0,
     "eval_every": 1,              # epochs between evaluations (0 = only at the end)
+    "save_every": 0,              # also keep epoch_N.ckpt every N epochs (0 = only last.ckpt and best.ckpt)
     "log_every": 20,              # steps between progress-bar refreshes of the running losses
     # GPT4Image alignment (lambda = 0 is the baseline, same code path)
     "align": {

@@ -1,12 +1,13 @@
 """`python -m ms_gpt4image train -c CONFIG`: CE + lambda * alignment, graph mode, MindRecord input.
 
 Writes to output_dir: config.yaml (resolved), log.jsonl (one line per epoch), last.ckpt and
-best.ckpt (full training state), summary.json. `--resume` continues from last.ckpt.
+best.ckpt (full training state; epoch_N.ckpt every `save_every` epochs), summary.json.
+`--resume` continues from last.ckpt, `--resume PATH` from any saved training checkpoint.
 """
 import json
 import time
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -88,7 +89,18 @@ def copy_ema_weights(step, backbone) -> None:
         p.set_data(ms.Tensor(ema[p.name].asnumpy()))  # a copy: the EMA keeps moving
 
 
-def train(cfg: Dict, resume: bool = False) -> Dict:
+def resume_path(out: Path, resume) -> Optional[Path]:
+    """resume: False/None (fresh run), True (OUTPUT_DIR/last.ckpt if present) or a checkpoint path."""
+    if not resume:
+        return None
+    if resume is True:
+        return out / "last.ckpt" if (out / "last.ckpt").exists() else None
+    if not Path(resume).exists():
+        raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
+    return Path(resume)
+
+
+def train(cfg: Dict, resume=False) -> Dict:
     setup_context(cfg)  # the same seed on every rank: identical initial weights
     world = init_distributed()
     main = world.is_main  # only rank 0 evaluates and writes files
@@ -108,10 +120,11 @@ def train(cfg: Dict, resume: bool = False) -> Dict:
 
     start_epoch, best = 0, -1.0
     log_path = out / "log.jsonl"
-    if resume and (out / "last.ckpt").exists():
-        state = load_train_state(step, out / "last.ckpt")
+    ckpt = resume_path(out, resume)
+    if ckpt is not None:
+        state = load_train_state(step, ckpt)
         start_epoch, best = state["epoch"], state["best_top1"]
-        print(f"rank {world.rank}: resumed from {out / 'last.ckpt'} at epoch {start_epoch}")
+        print(f"rank {world.rank}: resumed from {ckpt} at epoch {start_epoch}")
         if start_epoch >= cfg["epoch_size"] and (out / "summary.json").exists():
             return json.loads((out / "summary.json").read_text())  # finished before: nothing to do
         if main:
@@ -170,6 +183,8 @@ def train(cfg: Dict, resume: bool = False) -> Dict:
                 best = score
                 save_train_state(step, out / "best.ckpt", epoch + 1, best)
             save_train_state(step, out / "last.ckpt", epoch + 1, best)
+            if cfg["save_every"] and (epoch + 1) % cfg["save_every"] == 0:
+                save_train_state(step, out / f"epoch_{epoch + 1}.ckpt", epoch + 1, best)
         if cfg["stop_at_epoch"] and epoch + 1 >= cfg["stop_at_epoch"]:
             print(f"stopping after epoch {epoch + 1} (stop_at_epoch); continue with --resume")
             break

@@ -80,7 +80,8 @@ def test_interrupted_training_resumes_identically(packed, tmp_path):
         p.write_text(f"data_dir: {packed / 'data'}\noutput_dir: {tmp_path / name}\nmodel_kwargs: {{width: 8}}\n"
                      "batch_size: 16\neval_batch_size: 40\nepoch_size: 3\nwarmup_epochs: 1\n" + extra)
         return p
-    run_cli("-m", "ms_gpt4image", "train", "-c", cfg("full"))
+    run_cli("-m", "ms_gpt4image", "train", "-c", cfg("full", "save_every: 1\n"))
+    assert all((tmp_path / "full" / f"epoch_{e}.ckpt").exists() for e in (1, 2, 3))
     run_cli("-m", "ms_gpt4image", "train", "-c", cfg("split", "stop_at_epoch: 2\n"))
     assert len((tmp_path / "split" / "log.jsonl").read_text().splitlines()) == 2
     out = run_cli("-m", "ms_gpt4image", "train", "-c", cfg("split"), "--resume").stdout
@@ -88,7 +89,12 @@ def test_interrupted_training_resumes_identically(packed, tmp_path):
     full = [json.loads(l) for l in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
     split = [json.loads(l) for l in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in split] == [1, 2, 3]
-    for a, b in zip(full, split):  # BatchNorm statistics, momentum and the lr schedule all carried over
+    # from any saved epoch, into a fresh output directory
+    run_cli("-m", "ms_gpt4image", "train", "-c", cfg("from1"), "--resume", tmp_path / "full" / "epoch_1.ckpt")
+    from1 = [json.loads(l) for l in (tmp_path / "from1" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in from1] == [2, 3]
+    for a, b in list(zip(full, split)) + list(zip(full[1:], from1)):
+        # BatchNorm statistics, momentum and the lr schedule position all carried over
         for key in ("loss", "ce", "align", "lr", "top1"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["epoch"], key)
 
