@@ -63,3 +63,18 @@ def test_ema_is_the_moving_average_of_the_weights():
     assert set(ema) == set(want)  # every parameter, BatchNorm statistics included
     for k in want:
         np.testing.assert_allclose(ema[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("level", ["O1", "O2", "O3"])
+def test_mixed_precision_step_with_dynamic_loss_scale(level):
+    ms.set_seed(0)
+    net = GPT4ImageNet(create_backbone("resnet18_cifar", num_classes=10, width=8), 16)
+    ms.amp.auto_mixed_precision(net, level)
+    step = TrainStep(NetWithLoss(net, GPT4ImageLoss(0.3)), nn.Momentum(net.trainable_params(), 0.1, 0.9),
+                     nn.DynamicLossScaleUpdateCell(1024.0, 2, 1000))
+    step.set_train(True)
+    before = _weights(net)
+    out = step(*_batch())
+    assert all(v.dtype == ms.float32 for v in out)  # the losses are computed in float32
+    assert all(np.isfinite([float(v.asnumpy()) for v in out]))
+    assert not np.array_equal(before["backbone.classifier.weight"], net.backbone.classifier.weight.asnumpy())
