@@ -1,11 +1,11 @@
-"""python -m export describe|embed|pack|verify|dump-torch ..."""
+"""python -m export describe|merge|import-descriptions|embed|import-embeddings|pack|verify|dump-torch ..."""
 import argparse
 import json
 import sys
 
 
 def _source_args(p):
-    p.add_argument("--source", default="fashion-mnist", help="fashion-mnist | idx | imagefolder")
+    p.add_argument("--source", default="fashion-mnist", help="fashion-mnist | idx | imagefolder | cifar10 | cifar100")
     p.add_argument("--root", default=None, help="dataset root (default for fashion-mnist: the Debian package's)")
 
 
@@ -14,13 +14,33 @@ def _limit(n_total, limit):
 
 
 def cmd_describe(a):
-    from .describe import run_describe
+    from .describe import parse_shard, run_describe
     from .describers import create_describer
     from .readers import open_source
     src = open_source(a.source, a.root, a.split)
+    indices = list(_limit(len(src), a.limit))
+    if a.shard:
+        i, n = parse_shard(a.shard)
+        indices = indices[i::n]
     kwargs = dict(prompt=a.prompt, device=a.device, dtype=a.dtype, **({"model": a.model} if a.model else {}))
     describer = create_describer(a.backend, **kwargs)
-    return run_describe(src, describer, a.out, list(_limit(len(src), a.limit)), a.batch_size)
+    return run_describe(src, describer, a.out, indices, a.batch_size)
+
+
+def cmd_import_descriptions(a):
+    from .imports import import_descriptions
+    from .readers import open_source
+    return import_descriptions(a.src, open_source(a.source, a.root, a.split), a.out, a.format, a.prompt)
+
+
+def cmd_import_embeddings(a):
+    from .imports import import_embeddings
+    return import_embeddings(a.src, a.descriptions, a.out, a.model, a.key, a.normalize)
+
+
+def cmd_merge(a):
+    from .describe import merge_descriptions
+    return merge_descriptions(a.parts, a.out)
 
 
 def cmd_embed(a):
@@ -62,17 +82,42 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on CUDA)")
+    p.add_argument("--shard", default=None, metavar="i/n",
+                   help="describe only every n-th image starting at i (one part per GPU/host; merge after)")
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_describe)
+
+    p = sub.add_parser("merge", help="merge the JSONL parts of sharded describe runs")
+    p.add_argument("parts", nargs="+")
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_merge)
+
+    p = sub.add_parser("import-descriptions", help="an existing description set -> descriptions JSONL")
+    _source_args(p)
+    p.add_argument("--split", default="train")
+    p.add_argument("--src", required=True, help="torch-saved list of strings (authors' ImageNet set), .jsonl or .csv")
+    p.add_argument("--format", default="auto", help="auto | torch-list | jsonl | csv")
+    p.add_argument("--prompt", default=None, help="the prompt the set was written with (recorded in the meta)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_import_descriptions)
 
     p = sub.add_parser("embed", help="encode descriptions into L2-normalised float32 embeddings")
     p.add_argument("--descriptions", required=True)
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX.npy, PREFIX.index.npy, PREFIX.meta.json")
-    p.add_argument("--backend", default="sentence-transformers", help="sentence-transformers | hf-clip")
+    p.add_argument("--backend", default="sentence-transformers", help="sentence-transformers | hf-clip | open-clip")
     p.add_argument("--model", default=None, help="default: the packaged all-MiniLM-L6-v2")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default=None)
     p.set_defaults(fn=cmd_embed)
+
+    p = sub.add_parser("import-embeddings", help="an existing [N, k] embedding tensor -> embeddings files for pack")
+    p.add_argument("--src", required=True, help=".pth / .npy / .safetensors; row i = source index i")
+    p.add_argument("--descriptions", required=True)
+    p.add_argument("--out", required=True, help="output prefix, as for embed")
+    p.add_argument("--model", default=None, help="the encoder that made them (recorded in the manifest)")
+    p.add_argument("--key", default=None, help="tensor name inside a dict / safetensors file")
+    p.add_argument("--normalize", action="store_true", help="L2-normalise rows (else rows must already be unit norm)")
+    p.set_defaults(fn=cmd_import_embeddings)
 
     p = sub.add_parser("pack", help="write train/eval MindRecord and the manifest")
     _source_args(p)

@@ -43,3 +43,42 @@ def run_describe(source, describer, out_path, indices: Sequence[int], batch_size
             f.flush()
             bar.update(len(batch))
     return {"written": len(todo), "skipped": len(indices) - len(todo), "total": len(indices)}
+
+
+def parse_shard(text: str):
+    """'i/n' -> (i, n): this worker takes every n-th image starting at i (0 <= i < n)."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
+def merge_descriptions(parts, out_path) -> Dict:
+    """Merges the JSONL files of `describe --shard i/n` runs into one, sorted by index. Refuses parts
+    written with different backends/models/prompts and indices described twice."""
+    out_path = Path(out_path)
+    metas, rows, seen = [], [], {}
+    for part in map(Path, parts):
+        if not part.exists():
+            raise FileNotFoundError(f"description part not found: {part}")
+        m = meta_path(part)
+        metas.append(json.loads(m.read_text()) if m.exists() else {})
+        for r in read_jsonl(part):
+            if r["index"] in seen:
+                raise ValueError(f"index {r['index']} is in both {seen[r['index']]} and {part}")
+            seen[r["index"]] = part
+            rows.append(r)
+    for key in ("backend", "model", "prompt", "source"):
+        values = {str(m.get(key)) for m in metas}
+        if len(values) > 1:
+            raise ValueError(f"parts differ in {key}: {sorted(values)}")
+    rows.sort(key=lambda r: r["index"])
+    tmp = out_path.with_name(out_path.name + ".partial")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(out_path)
+    if metas and metas[0]:
+        write_json_atomic(meta_path(out_path), metas[0])
+    return {"parts": len(metas), "descriptions": len(rows), "out": str(out_path)}

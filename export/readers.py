@@ -116,7 +116,58 @@ class ImageFolderSource:
             return f.read()
 
 
-SOURCES = ("fashion-mnist", "idx", "imagefolder")
+class CifarSource:
+    """CIFAR-10 / CIFAR-100 in the official python pickle format (`cifar-10-batches-py/`:
+    data_batch_1..5, test_batch, batches.meta; `cifar-100-python/`: train, test, meta, fine labels)."""
+
+    def __init__(self, root, split: str = "train", kind: str = "cifar10"):
+        import pickle
+        root = Path(root)
+        sub = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}[kind]
+        if (root / sub).is_dir():
+            root = root / sub
+        train = split == "train"
+        if kind == "cifar10":
+            files = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+            meta, label_key, names_key = "batches.meta", b"labels", b"label_names"
+        else:
+            files = ["train"] if train else ["test"]
+            meta, label_key, names_key = "meta", b"fine_labels", b"fine_label_names"
+        images, labels = [], []
+        for name in files + [meta]:
+            path = root / name
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: missing (expected the official {sub} layout)")
+            with open(path, "rb") as f:
+                try:
+                    d = pickle.load(f, encoding="bytes")
+                except Exception as e:
+                    raise ValueError(f"{path}: not a CIFAR pickle ({e})") from None
+            if name == meta:
+                self.class_names = [n.decode() for n in d[names_key]]
+                continue
+            if b"data" not in d or label_key not in d:
+                raise ValueError(f"{path}: no {b'data'!r} / {label_key!r} entries")
+            images.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            labels.extend(d[label_key])
+        self.images = np.concatenate(images)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.name = kind
+
+    def __len__(self):
+        return len(self.labels)
+
+    def label(self, i: int) -> int:
+        return int(self.labels[i])
+
+    def image(self, i: int) -> Image.Image:
+        return Image.fromarray(self.images[i], mode="RGB")
+
+    def encoded(self, i: int) -> bytes:
+        return _png_bytes(self.images[i])
+
+
+SOURCES = ("fashion-mnist", "idx", "imagefolder", "cifar10", "cifar100")
 
 
 def open_source(kind: str, root: Optional[str] = None, split: str = "train", class_names: Optional[List[str]] = None):
@@ -136,6 +187,12 @@ def open_source(kind: str, root: Optional[str] = None, split: str = "train", cla
         names = class_names or (FASHION_MNIST_CLASSES if kind == "fashion-mnist" else [str(c) for c in range(10)])
         return IdxSource(find(f"{prefix}-images-idx3-ubyte"), find(f"{prefix}-labels-idx1-ubyte"), names,
                          name=kind if kind == "fashion-mnist" else root.name)
+    if kind in ("cifar10", "cifar100"):
+        if root is None:
+            raise ValueError(f"--root is required for a {kind} source")
+        if split not in ("train", "test", "eval", "val"):
+            raise ValueError(f"unknown split {split!r} for {kind} (train|test)")
+        return CifarSource(root, "train" if split == "train" else "test", kind)
     if kind == "imagefolder":
         if root is None:
             raise ValueError("--root is required for an imagefolder source")
