@@ -66,7 +66,8 @@ def test_ema_is_the_moving_average_of_the_weights():
 
 
 @pytest.mark.parametrize("level", ["O1", "O2", "O3"])
-def test_mixed_precision_step_with_dynamic_loss_scale(level):
+def test_mixed_precision_step_with_dynamic_loss_scale(level, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # amp O1 writes its rewritten network source into the working directory
     ms.set_seed(0)
     net = GPT4ImageNet(create_backbone("resnet18_cifar", num_classes=10, width=8), 16)
     ms.amp.auto_mixed_precision(net, level)
