@@ -24,7 +24,7 @@ def cmd_describe(a):
         indices = indices[i::n]
     kwargs = dict(prompt=a.prompt, device=a.device, dtype=a.dtype, **({"model": a.model} if a.model else {}))
     describer = create_describer(a.backend, **kwargs)
-    return run_describe(src, describer, a.out, indices, a.batch_size)
+    return run_describe(src, describer, a.out, indices, a.batch_size, a.skip_bad)
 
 
 def cmd_import_descriptions(a):
@@ -82,6 +82,8 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on CUDA)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="record undecodable images in OUT.skipped.jsonl and go on (default: stop with an error)")
     p.add_argument("--shard", default=None, metavar="i/n",
                    help="describe only every n-th image starting at i (one part per GPU/host; merge after)")
     p.add_argument("--out", required=True)

@@ -16,7 +16,14 @@ def meta_path(out_path) -> Path:
     return Path(str(out_path) + ".meta.json")
 
 
-def run_describe(source, describer, out_path, indices: Sequence[int], batch_size: int = 64) -> Dict:
+def skipped_path(out_path) -> Path:
+    return Path(str(out_path) + ".skipped.jsonl")
+
+
+def run_describe(source, describer, out_path, indices: Sequence[int], batch_size: int = 64,
+                 skip_bad: bool = False) -> Dict:
+    """skip_bad: an image that cannot be decoded is recorded in OUT.skipped.jsonl (index, error with
+    the path) and left out, instead of stopping the run; it is then absent from pack's train split."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"source": source.name, "class_names": source.class_names, **describer.info()}
@@ -31,18 +38,34 @@ def run_describe(source, describer, out_path, indices: Sequence[int], batch_size
 
     truncate_torn_tail(out_path)
     done = {r["index"] for r in read_jsonl(out_path)} if out_path.exists() else set()
+    spath = skipped_path(out_path)
+    truncate_torn_tail(spath)
+    skipped = {r["index"] for r in read_jsonl(spath)} if spath.exists() else set()
+    done |= skipped
     todo = [i for i in indices if i not in done]
     with open(out_path, "a", encoding="utf-8") as f, \
             tqdm(total=len(indices), initial=len(indices) - len(todo), desc="describe", unit="img") as bar:
         for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
+            images, batch = [], []
+            for i in todo[start:start + batch_size]:
+                try:
+                    images.append(source.image(i))
+                    batch.append(i)
+                except ValueError as e:  # undecodable image: the error names index and path
+                    if not skip_bad:
+                        raise ValueError(f"{e} (pass --skip-bad to record and skip such images)") from None
+                    with open(spath, "a", encoding="utf-8") as sf:
+                        sf.write(json.dumps({"index": i, "error": str(e)}) + "\n")
+                    skipped.add(i)
             labels = [source.label(i) for i in batch]
-            texts = describer.describe([source.image(i) for i in batch], [source.class_names[l] for l in labels])
+            texts = describer.describe(images, [source.class_names[l] for l in labels]) if batch else []
             f.write("".join(json.dumps({"index": i, "label": l, "description": t}, ensure_ascii=False) + "\n"
                             for i, l, t in zip(batch, labels, texts)))
             f.flush()
-            bar.update(len(batch))
-    return {"written": len(todo), "skipped": len(indices) - len(todo), "total": len(indices)}
+            bar.update(len(todo[start:start + batch_size]))
+    bad = len(skipped & set(indices))
+    return {"written": len(todo) - len(skipped & set(todo)), "skipped": len(indices) - len(todo),
+            "unreadable": bad, "total": len(indices)}
 
 
 def parse_shard(text: str):

@@ -45,6 +45,27 @@ def test_resume_after_interruption_matches_uninterrupted_run(idx_root, tmp_path)
     part.write_text("".join(lines[:21]) + lines[21][:17])  # killed mid-line
     (tmp_path / "part.jsonl.meta.json").write_text((tmp_path / "full.jsonl.meta.json").read_text())
     stats = run_describe(src, TemplateDescriber(), part, list(range(50)), batch_size=8)
-    assert stats == {"written": 29, "skipped": 21, "total": 50}
+    assert stats == {"written": 29, "skipped": 21, "unreadable": 0, "total": 50}
     assert sorted(_read(part), key=lambda r: r["index"]) == _read(full)
     assert run_describe(src, TemplateDescriber(), part, list(range(50)))["written"] == 0
+
+
+def test_undecodable_images_stop_the_run_or_are_recorded(tmp_path):
+    from export.readers import ImageFolderSource
+    for cls in ("cat", "dog"):
+        (tmp_path / "img" / cls).mkdir(parents=True)
+        for k in range(3):
+            Image.fromarray(np.full((8, 8, 3), 40 * k, np.uint8)).save(tmp_path / "img" / cls / f"{k}.png")
+    (tmp_path / "img" / "dog" / "1.png").write_bytes(b"broken")
+    src = ImageFolderSource(tmp_path / "img")
+    import pytest
+    with pytest.raises(ValueError, match="dog/1.png.*--skip-bad"):
+        run_describe(src, TemplateDescriber(), tmp_path / "a.jsonl", list(range(6)), batch_size=4)
+    stats = run_describe(src, TemplateDescriber(), tmp_path / "b.jsonl", list(range(6)), batch_size=4, skip_bad=True)
+    assert stats["unreadable"] == 1 and stats["written"] == 5
+    assert [r["index"] for r in _read(tmp_path / "b.jsonl")] == [0, 1, 2, 3, 5]
+    (skipped,) = _read(tmp_path / "b.jsonl.skipped.jsonl")
+    assert skipped["index"] == 4 and "dog/1.png" in skipped["error"]
+    # resuming neither retries nor duplicates the skipped image
+    again = run_describe(src, TemplateDescriber(), tmp_path / "b.jsonl", list(range(6)), skip_bad=True)
+    assert again["written"] == 0 and len(_read(tmp_path / "b.jsonl.skipped.jsonl")) == 1
