@@ -45,7 +45,27 @@ def read_idx(path) -> np.ndarray:
     return body.reshape(dims)
 
 
-class IdxSource:
+class ArraySource:
+    """Images held as a uint8 array ([N, H, W] grey or [N, H, W, 3] RGB) with integer labels;
+    stored in MindRecord as lossless PNG."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self):
+        return len(self.labels)
+
+    def label(self, i: int) -> int:
+        return int(self.labels[i])
+
+    def image(self, i: int) -> Image.Image:
+        return Image.fromarray(self.images[i])  # mode L or RGB from the array's shape
+
+    def encoded(self, i: int) -> bytes:
+        return _png_bytes(self.images[i])
+
+
+class IdxSource(ArraySource):
     """MNIST-format image/label idx pair (Fashion-MNIST by default)."""
 
     def __init__(self, images_path, labels_path, class_names: List[str], name: str):
@@ -58,18 +78,6 @@ class IdxSource:
             raise ValueError(f"{labels_path}: label {self.labels.max()} out of range for {len(class_names)} classes")
         self.class_names = class_names
         self.name = name
-
-    def __len__(self):
-        return len(self.labels)
-
-    def label(self, i: int) -> int:
-        return int(self.labels[i])
-
-    def image(self, i: int) -> Image.Image:
-        return Image.fromarray(self.images[i], mode="L")
-
-    def encoded(self, i: int) -> bytes:
-        return _png_bytes(self.images[i])
 
 
 class ImageFolderSource:
@@ -116,7 +124,7 @@ class ImageFolderSource:
             return f.read()
 
 
-class CifarSource:
+class CifarSource(ArraySource):
     """CIFAR-10 / CIFAR-100 in the official python pickle format (`cifar-10-batches-py/`:
     data_batch_1..5, test_batch, batches.meta; `cifar-100-python/`: train, test, meta, fine labels)."""
 
@@ -153,18 +161,6 @@ class CifarSource:
         self.images = np.concatenate(images)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.name = kind
-
-    def __len__(self):
-        return len(self.labels)
-
-    def label(self, i: int) -> int:
-        return int(self.labels[i])
-
-    def image(self, i: int) -> Image.Image:
-        return Image.fromarray(self.images[i], mode="RGB")
-
-    def encoded(self, i: int) -> bytes:
-        return _png_bytes(self.images[i])
 
 
 SOURCES = ("fashion-mnist", "idx", "imagefolder", "cifar10", "cifar100")
