@@ -2,6 +2,7 @@
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _source_args(p):
@@ -14,17 +15,21 @@ def _limit(n_total, limit):
 
 
 def cmd_describe(a):
+    from .desc_cache import open_cache
     from .describe import parse_shard, run_describe
-    from .describers import create_describer
+    from .describers import create_describer, load_plugins
     from .readers import open_source
+    load_plugins(a.plugin)
     src = open_source(a.source, a.root, a.split)
     indices = list(_limit(len(src), a.limit))
     if a.shard:
         i, n = parse_shard(a.shard)
         indices = indices[i::n]
-    kwargs = dict(prompt=a.prompt, device=a.device, dtype=a.dtype, **({"model": a.model} if a.model else {}))
+    kwargs = dict(prompt=a.prompt, prompt_template=a.prompt_template, max_new_tokens=a.max_new_tokens,
+                  device=a.device, dtype=a.dtype, **({"model": a.model} if a.model else {}))
     describer = create_describer(a.backend, **kwargs)
-    return run_describe(src, describer, a.out, indices, a.batch_size, a.skip_bad)
+    cache = open_cache(Path(a.out).parent / "describe_cache.sqlite" if a.cache is None else a.cache)
+    return run_describe(src, describer, a.out, indices, a.batch_size, a.skip_bad, cache)
 
 
 def cmd_import_descriptions(a):
@@ -53,13 +58,17 @@ def cmd_pack(a):
     from .readers import open_source
     train = open_source(a.source, a.root, "train")
     ev = open_source(a.source, a.root, a.eval_split)
-    m = run_pack(train, ev, a.descriptions, a.embeddings, a.out, _limit(len(ev), a.eval_limit), a.shards, a.overwrite)
+    spec = {"kind": a.source, "root": str(Path(a.root).resolve()) if a.root else None,
+            "train_split": "train", "eval_split": a.eval_split}
+    m = run_pack(train, ev, a.descriptions, a.embeddings, a.out, _limit(len(ev), a.eval_limit), a.shards,
+                 a.overwrite, spec)
     return {"out": a.out, "train": m["splits"]["train"]["count"], "eval": m["splits"]["eval"]["count"]}
 
 
 def cmd_verify(a):
     from .verify import run_verify
-    return run_verify(a.data_dir)
+    spec = {"kind": a.source, "root": a.root} if a.source else None
+    return run_verify(a.data_dir, a.check_images, spec, a.no_source)
 
 
 def cmd_dump_torch(a):
@@ -68,7 +77,6 @@ def cmd_dump_torch(a):
 
 
 def main(argv=None):
-    from .describers import list_describers
     ap = argparse.ArgumentParser(prog="python -m export", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
@@ -76,9 +84,19 @@ def main(argv=None):
     _source_args(p)
     p.add_argument("--split", default="train")
     p.add_argument("--limit", type=int, default=None, help="first N images of the canonical order")
-    p.add_argument("--backend", default="template", choices=list_describers())
-    p.add_argument("--model", default=None, help="hub id or local path of the VLM")
+    p.add_argument("--backend", default="template",
+                   help="template | blip2 | instructblip | llava | llava-next | vlm (any chat VLM) | a plugin's")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+                   help="import this module or .py file first; it registers backends with @register_describer")
+    p.add_argument("--model", default=None, help="hub id or local path of the VLM (default: the backend's)")
     p.add_argument("--prompt", default="short", help="short | long | your own text ({class_name} allowed)")
+    p.add_argument("--prompt-template", default=None,
+                   help="format string around the prompt, e.g. 'Question: {prompt} Answer:' "
+                        "(default: the backend's; chat backends use the processor's chat template)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default 30 for short, 120 otherwise")
+    p.add_argument("--cache", default=None,
+                   help="description cache (SQLite) keyed by image content; default describe_cache.sqlite "
+                        "beside --out; 'none' disables it")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on CUDA)")
@@ -134,6 +152,11 @@ def main(argv=None):
 
     p = sub.add_parser("verify", help="read packed MindRecord back and check it against the manifest")
     p.add_argument("data_dir")
+    p.add_argument("--source", default=None, help="the source to check against (default: the manifest's)")
+    p.add_argument("--root", default=None)
+    p.add_argument("--no-source", action="store_true", help="check the files alone, not against the source")
+    p.add_argument("--check-images", type=int, default=256,
+                   help="images per split compared byte for byte with the source (spread evenly; -1: all)")
     p.set_defaults(fn=cmd_verify)
 
     p = sub.add_parser("dump-torch", help="PyTorch checkpoint -> .npz state dict (used by ms_gpt4image convert)")

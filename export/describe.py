@@ -2,13 +2,16 @@
 
 Resumable: indices already in the output are skipped, a torn last line is rewritten. A meta file
 beside the output records the backend, model and prompt; resuming with a different one is an error.
+With a description cache (desc_cache.py), an image whose content was captioned before by the same
+describer, under any output file, is not captioned again.
 """
 import json
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 from tqdm import tqdm
 
+from .desc_cache import describer_identity, image_key
 from .io_utils import read_jsonl, truncate_torn_tail, write_json_atomic
 
 
@@ -21,20 +24,22 @@ def skipped_path(out_path) -> Path:
 
 
 def run_describe(source, describer, out_path, indices: Sequence[int], batch_size: int = 64,
-                 skip_bad: bool = False) -> Dict:
+                 skip_bad: bool = False, cache=None) -> Dict:
     """skip_bad: an image that cannot be decoded is recorded in OUT.skipped.jsonl (index, error with
-    the path) and left out, instead of stopping the run; it is then absent from pack's train split."""
+    the path) and left out, instead of stopping the run; it is then absent from pack's train split.
+    cache: a DescriptionCache; images whose content (with this describer) is in it are not captioned."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"source": source.name, "class_names": source.class_names, **describer.info()}
     mpath = meta_path(out_path)
     if out_path.exists() and mpath.exists():
         old = json.loads(mpath.read_text())
-        for key in ("backend", "model", "prompt", "source"):
+        for key in ("backend", "model", "prompt", "prompt_template", "source"):
             if old.get(key) != meta.get(key):
                 raise ValueError(f"{out_path} was written with {key}={old.get(key)!r}, not {meta.get(key)!r}; "
                                  f"use another output file")
     write_json_atomic(mpath, meta)
+    identity = describer_identity(describer.info())
 
     truncate_torn_tail(out_path)
     done = {r["index"] for r in read_jsonl(out_path)} if out_path.exists() else set()
@@ -43,11 +48,13 @@ def run_describe(source, describer, out_path, indices: Sequence[int], batch_size
     skipped = {r["index"] for r in read_jsonl(spath)} if spath.exists() else set()
     done |= skipped
     todo = [i for i in indices if i not in done]
+    cached = 0
     with open(out_path, "a", encoding="utf-8") as f, \
             tqdm(total=len(indices), initial=len(indices) - len(todo), desc="describe", unit="img") as bar:
         for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
             images, batch = [], []
-            for i in todo[start:start + batch_size]:
+            for i in chunk:
                 try:
                     images.append(source.image(i))
                     batch.append(i)
@@ -58,14 +65,37 @@ def run_describe(source, describer, out_path, indices: Sequence[int], batch_size
                         sf.write(json.dumps({"index": i, "error": str(e)}) + "\n")
                     skipped.add(i)
             labels = [source.label(i) for i in batch]
-            texts = describer.describe(images, [source.class_names[l] for l in labels]) if batch else []
+            names = [source.class_names[l] for l in labels]
+            if cache is None:
+                texts, hits = (describer.describe(images, names) if batch else []), 0
+            else:
+                texts, hits = _describe_cached(describer, images, names, identity, cache)
+            cached += hits
             f.write("".join(json.dumps({"index": i, "label": l, "description": t}, ensure_ascii=False) + "\n"
                             for i, l, t in zip(batch, labels, texts)))
             f.flush()
-            bar.update(len(todo[start:start + batch_size]))
+            bar.update(len(chunk))
     bad = len(skipped & set(indices))
     return {"written": len(todo) - len(skipped & set(todo)), "skipped": len(indices) - len(todo),
-            "unreadable": bad, "total": len(indices)}
+            "unreadable": bad, "cached": cached, "total": len(indices)}
+
+
+def _describe_cached(describer, images, names, identity, cache) -> Tuple[List[str], int]:
+    """Looks every image up in the cache, captions only the misses (each distinct content once) and
+    stores them. Returns the descriptions and the number of images not captioned."""
+    keys = [image_key(identity, im, n) for im, n in zip(images, names)]
+    found = cache.get_many(keys)
+    first_miss = {}
+    for pos, k in enumerate(keys):
+        if k not in found:
+            first_miss.setdefault(k, pos)
+    if first_miss:
+        positions = list(first_miss.values())
+        new = describer.describe([images[p] for p in positions], [names[p] for p in positions])
+        fresh = dict(zip(first_miss, new))
+        cache.put_many(fresh.items())
+        found.update(fresh)
+    return [found[k] for k in keys], len(keys) - len(first_miss)
 
 
 def parse_shard(text: str):

@@ -2,10 +2,15 @@
 
 * template -- offline, no model: class name + attributes measured on that very image (object size,
   tone or colour, texture, shape, position), so two images of a class get different sentences.
-* blip2    -- transformers BLIP-2 (`Blip2ForConditionalGeneration`), the paper's prompts.
+* blip2, instructblip, llava, llava-next -- the paper's captioners and their successors on transformers;
+* vlm      -- any image-text-to-text chat model on the hub (Qwen2-VL, SmolVLM, ...) via its chat template.
 
-A backend is a class with `describe(images, class_names) -> list[str]` and `info() -> dict`.
+MiniGPT-4 is not on transformers; `instructblip` (Salesforce/instructblip-vicuna-7b) is its closest
+equivalent. A backend is a class with `describe(images, class_names) -> list[str]` and `info() -> dict`
+(JSON-able; it identifies the describer in the output's meta and in the description cache). Register
+your own with `@register_describer("name")` in a module and pass `describe --plugin module.or.file.py`.
 """
+from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -35,6 +40,25 @@ def create_describer(name: str, **kwargs):
     if name not in _DESCRIBERS:
         raise KeyError(f"unknown describer {name!r}; registered: {', '.join(list_describers())}")
     return _DESCRIBERS[name](**kwargs)
+
+
+def load_plugins(plugins: List[str]) -> None:
+    """Imports user modules (dotted names or .py paths) that register their own describers."""
+    import importlib
+    import importlib.util
+    for plugin in plugins:
+        if plugin.endswith(".py"):
+            path = Path(plugin)
+            if not path.exists():
+                raise FileNotFoundError(f"describer plugin not found: {path}")
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            try:
+                importlib.import_module(plugin)
+            except ImportError as e:
+                raise ValueError(f"cannot import describer plugin {plugin!r}: {e}") from None
 
 
 def resolve_prompt(prompt: str) -> str:
@@ -108,7 +132,7 @@ class TemplateDescriber:
         pass
 
     def info(self) -> Dict:
-        return {"backend": "template", "model": None, "prompt": None}
+        return {"backend": "template", "model": None, "prompt": None, "version": 1}  # version: bump when the wording changes (cache key)
 
     def describe(self, images: List[Image.Image], class_names: List[str]) -> List[str]:
         out = []
@@ -130,38 +154,94 @@ def pick_device_dtype(device: Optional[str], dtype: Optional[str]):
     return device, getattr(torch, dtype)
 
 
-@register_describer("blip2")
-class Blip2Describer:
-    """BLIP-2 via transformers: `model` is a hub id (e.g. Salesforce/blip2-opt-2.7b) or a local path."""
+class TransformersDescriber:
+    """A transformers VLM loaded with `AutoProcessor` + `AutoModelForImageTextToText` (hub id or local
+    path), prompted with one of the paper's prompts or the user's, greedy batched generation.
 
-    def __init__(self, model: str = "Salesforce/blip2-opt-2.7b", prompt: str = "short",
-                 prompt_template: str = "Question: {prompt} Answer:", max_new_tokens: Optional[int] = None,
-                 device: Optional[str] = None, dtype: Optional[str] = None, **_):
+    The prompt reaches the model either through `prompt_template` (a format string with `{prompt}`) or,
+    when the template is None, through the processor's chat template (chat VLMs). Subclasses only set
+    defaults; `describe --backend vlm --model ID` runs any image-text-to-text model on the hub.
+    """
+    backend = "vlm"
+    default_model = "Qwen/Qwen2-VL-2B-Instruct"
+    default_template: Optional[str] = None  # None: the processor's chat template
+
+    def __init__(self, model: Optional[str] = None, prompt: str = "short", prompt_template: Optional[str] = None,
+                 max_new_tokens: Optional[int] = None, device: Optional[str] = None, dtype: Optional[str] = None, **_):
         import torch
-        from transformers import Blip2ForConditionalGeneration, Blip2Processor
+        from transformers import AutoModelForImageTextToText, AutoProcessor
         self.torch = torch
-        self.model_name = model
+        self.model_name = model or self.default_model
         self.prompt = resolve_prompt(prompt)
-        self.prompt_template = prompt_template
+        self.prompt_template = prompt_template or self.default_template
         self.max_new_tokens = max_new_tokens or (30 if prompt == "short" else 120)
         self.device, self.dtype = pick_device_dtype(device, dtype)
-        self.processor = Blip2Processor.from_pretrained(model)
-        self.model = Blip2ForConditionalGeneration.from_pretrained(model, dtype=self.dtype).to(self.device).eval()
+        self.processor = AutoProcessor.from_pretrained(self.model_name)
+        tokenizer = getattr(self.processor, "tokenizer", None)
+        if tokenizer is not None:
+            tokenizer.padding_side = "left"  # batched generation: every prompt must end at the same column
+        if self.prompt_template is None and not getattr(self.processor, "chat_template", None):
+            raise ValueError(f"{self.model_name}: the processor has no chat template; pass --prompt-template "
+                             f"(e.g. 'USER: <image>\\n{{prompt}} ASSISTANT:')")
+        self.model = AutoModelForImageTextToText.from_pretrained(self.model_name, dtype=self.dtype)
+        self.model = self.model.to(self.device).eval()
 
     def info(self) -> Dict:
-        return {"backend": "blip2", "model": self.model_name, "prompt": self.prompt,
-                "prompt_template": self.prompt_template, "max_new_tokens": self.max_new_tokens}
+        return {"backend": self.backend, "model": self.model_name, "prompt": self.prompt,
+                "prompt_template": self.prompt_template or "chat", "max_new_tokens": self.max_new_tokens}
+
+    def text_for(self, class_name: str) -> str:
+        prompt = self.prompt.format(class_name=class_name)
+        if self.prompt_template is not None:
+            return self.prompt_template.format(prompt=prompt)
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def describe(self, images: List[Image.Image], class_names: List[str]) -> List[str]:
         images = [upsample_for_captioning(im) for im in images]
-        texts = [self.prompt_template.format(prompt=self.prompt.format(class_name=c)) for c in class_names]
+        texts = [self.text_for(c) for c in class_names]
         inputs = self.processor(images=images, text=texts, return_tensors="pt", padding=True)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        for k, v in inputs.items():  # image tensors follow the model's dtype; ids and masks stay integer
+            if v.is_floating_point():
+                inputs[k] = v.to(self.dtype)
         with self.torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
         prompt_len = inputs["input_ids"].shape[1]
-        if out.shape[1] > prompt_len and bool((out[:, :prompt_len] == inputs["input_ids"]).all()):
-            out = out[:, prompt_len:]  # decoder-only LMs echo the prompt
-        return [t.strip() for t in self.processor.batch_decode(out, skip_special_tokens=True)]
+        if out.shape[1] >= prompt_len and bool((out[:, :prompt_len] == inputs["input_ids"]).all()):
+            out = out[:, prompt_len:]  # decoder-only LMs return the prompt before the answer
+        return [" ".join(t.split()) for t in self.processor.batch_decode(out, skip_special_tokens=True)]
+
+
+register_describer("vlm")(TransformersDescriber)
+
+
+@register_describer("blip2")
+class Blip2Describer(TransformersDescriber):
+    """BLIP-2 (the paper's captioner for its short descriptions): a plain-text question/answer prompt."""
+    backend = "blip2"
+    default_model = "Salesforce/blip2-opt-2.7b"
+    default_template = "Question: {prompt} Answer:"
+
+
+@register_describer("instructblip")
+class InstructBlipDescriber(TransformersDescriber):
+    """InstructBLIP: BLIP-2's ViT-g + Q-Former with an instruction-tuned Vicuna. It is the closest
+    transformers equivalent of MiniGPT-4 (same vision tower and Q-Former, Vicuna LLM)."""
+    backend = "instructblip"
+    default_model = "Salesforce/instructblip-vicuna-7b"
+    default_template = "{prompt}"
+
+
+@register_describer("llava")
+class LlavaDescriber(TransformersDescriber):
+    """LLaVA-1.5 (llava-hf conversions), prompted through the processor's chat template."""
+    backend = "llava"
+    default_model = "llava-hf/llava-1.5-7b-hf"
+
+
+@register_describer("llava-next")
+class LlavaNextDescriber(TransformersDescriber):
+    """LLaVA-NeXT / LLaVA-1.6 (any-resolution tiling), prompted through the processor's chat template."""
+    backend = "llava-next"
+    default_model = "llava-hf/llava-v1.6-mistral-7b-hf"

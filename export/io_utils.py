@@ -25,24 +25,35 @@ def read_jsonl(path) -> Iterator[Dict]:
     """Yields records; a torn last line (an interrupted write) is ignored, any other bad line is an error."""
     path = Path(path)
     with open(path, "r", encoding="utf-8") as f:
-        lines = f.readlines()
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            yield json.loads(line)
-        except json.JSONDecodeError as e:
-            if n == len(lines) and not line.endswith("\n"):
-                return  # torn tail from an interrupted run: resume will rewrite it
-            raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
+        for n, line in enumerate(f, 1):  # streamed: description files of ImageNet are large
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as e:
+                if not line.endswith("\n"):  # only the last line can lack it
+                    return  # torn tail from an interrupted run: resume will rewrite it
+                raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
 
 
 def truncate_torn_tail(path) -> None:
-    """Drops a final line without newline so that appending resumes on a clean line boundary."""
+    """Drops a final line without newline so that appending resumes on a clean line boundary
+    (reads backwards from the end: the file may be large)."""
     path = Path(path)
     if not path.exists():
         return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with open(path, "r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
+    with open(path, "r+b") as f:
+        end = f.seek(0, os.SEEK_END)
+        pos = end
+        while pos > 0:
+            step = min(pos, 1 << 16)
+            f.seek(pos - step)
+            block = f.read(step)
+            if pos == end and block.endswith(b"\n"):
+                return
+            cut = block.rfind(b"\n")
+            if cut >= 0:
+                f.truncate(pos - step + cut + 1)
+                return
+            pos -= step
+        f.truncate(0)

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import __version__
-from .embed import load_descriptions
+from .descriptions import DescriptionSet
 from .io_utils import sha256_file, write_json_atomic
 
 TRAIN_SCHEMA = {"index": {"type": "int64"}, "label": {"type": "int32"}, "image": {"type": "bytes"},
@@ -43,23 +43,25 @@ def _write_split(path: Path, schema: Dict, rows, count: int, shards: int, desc: 
 
 
 def run_pack(train_source, eval_source, descriptions_path, embeddings_prefix, out_dir,
-             eval_indices: Optional[Sequence[int]] = None, shards: int = 1, overwrite: bool = False) -> Dict:
+             eval_indices: Optional[Sequence[int]] = None, shards: int = 1, overwrite: bool = False,
+             source_spec: Optional[Dict] = None) -> Dict:
+    """source_spec: how to reopen the sources ({kind, root, train_split, eval_split}); recorded in the
+    manifest so that `verify` can check the packed rows against them."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
     emb = np.load(f"{embeddings_prefix}.npy", mmap_mode="r")
     emb_index = np.load(f"{embeddings_prefix}.index.npy")
     emb_meta = json.loads(Path(f"{embeddings_prefix}.meta.json").read_text())
-    records = load_descriptions(descriptions_path)
-    if len(records) != len(emb) or any(r["index"] != i for r, i in zip(records, emb_index)):
+    descs = DescriptionSet(descriptions_path)  # offsets only: texts are read as they are written
+    if len(descs) != len(emb) or not np.array_equal(descs.indices, emb_index):
         raise ValueError(f"{embeddings_prefix}.npy does not match {descriptions_path} "
-                         f"({len(emb)} rows vs {len(records)} descriptions): re-run embed")
-    for n, r in enumerate(records):
-        i = r["index"]
+                         f"({len(emb)} rows vs {len(descs)} descriptions): re-run embed")
+    for i, label in zip(descs.indices.tolist(), descs.labels.tolist()):
         if not 0 <= i < len(train_source):
             raise IndexError(f"{descriptions_path}: index {i} out of range for {train_source.name} ({len(train_source)} images)")
-        if train_source.label(i) != r["label"]:
-            raise ValueError(f"{descriptions_path}: index {i} has label {r['label']} but the source says "
+        if train_source.label(i) != label:
+            raise ValueError(f"{descriptions_path}: index {i} has label {label} but the source says "
                              f"{train_source.label(i)}: descriptions were made for another ordering")
     eval_indices = list(range(len(eval_source))) if eval_indices is None else list(eval_indices)
     dim = int(emb.shape[1])
@@ -70,8 +72,8 @@ def run_pack(train_source, eval_source, descriptions_path, embeddings_prefix, ou
     tmp.mkdir(parents=True)
     train_rows = ({"index": r["index"], "label": r["label"], "image": train_source.encoded(r["index"]),
                    "text_emb": np.asarray(emb[n], dtype=np.float32), "description": r["description"]}
-                  for n, r in enumerate(records))
-    train_files = _write_split(tmp / "train.mindrecord", train_schema, train_rows, len(records), shards, "train")
+                  for n, r in enumerate(descs.records()))
+    train_files = _write_split(tmp / "train.mindrecord", train_schema, train_rows, len(descs), shards, "train")
     eval_rows = ({"index": i, "label": eval_source.label(i), "image": eval_source.encoded(i)} for i in eval_indices)
     eval_files = _write_split(tmp / "eval.mindrecord", EVAL_SCHEMA, eval_rows, len(eval_indices), shards, "eval")
 
@@ -79,12 +81,13 @@ def run_pack(train_source, eval_source, descriptions_path, embeddings_prefix, ou
     describer = json.loads(dmeta_path.read_text()) if dmeta_path.exists() else {}
     manifest = {
         "dataset": train_source.name,
+        "source": source_spec,
         "class_names": train_source.class_names,
         "num_classes": len(train_source.class_names),
         "embedding": {k: emb_meta.get(k) for k in ("model", "dim", "normalized", "max_tokens")},
         "describer": {k: describer.get(k) for k in ("backend", "model", "prompt")},
         "splits": {
-            "train": {"count": len(records), "columns": sorted(train_schema),
+            "train": {"count": len(descs), "columns": sorted(train_schema),
                       "files": [{"name": f, "sha256": sha256_file(tmp / f)} for f in train_files]},
             "eval": {"count": len(eval_indices), "columns": sorted(EVAL_SCHEMA),
                      "files": [{"name": f, "sha256": sha256_file(tmp / f)} for f in eval_files]},

@@ -45,7 +45,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(idx_root, tmp_path)
     part.write_text("".join(lines[:21]) + lines[21][:17])  # killed mid-line
     (tmp_path / "part.jsonl.meta.json").write_text((tmp_path / "full.jsonl.meta.json").read_text())
     stats = run_describe(src, TemplateDescriber(), part, list(range(50)), batch_size=8)
-    assert stats == {"written": 29, "skipped": 21, "unreadable": 0, "total": 50}
+    assert stats == {"written": 29, "skipped": 21, "unreadable": 0, "cached": 0, "total": 50}
     assert sorted(_read(part), key=lambda r: r["index"]) == _read(full)
     assert run_describe(src, TemplateDescriber(), part, list(range(50)))["written"] == 0
 
