@@ -1,0 +1,177 @@
+"""Description cache, custom describer plugins, chunked resumable embed, streamed description files,
+and verify checking packed rows against their source."""
+import gzip
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, run_cli, write_idx
+from export.desc_cache import DescriptionCache
+from export.describe import run_describe
+from export.describers import TemplateDescriber
+from export.descriptions import DescriptionSet
+from export.embed import run_embed
+from export.readers import ArraySource
+
+
+class CountingDescriber(TemplateDescriber):
+    def __init__(self, prompt="p"):
+        self.prompt, self.calls = prompt, 0
+
+    def info(self):
+        return {"backend": "counting", "model": None, "prompt": self.prompt}
+
+    def describe(self, images, class_names):
+        self.calls += len(images)
+        return [f"{self.prompt}: {t}" for t in super().describe(images, class_names)]
+
+
+def _source(images, labels):
+    src = ArraySource()
+    src.images, src.labels = np.asarray(images, np.uint8), np.asarray(labels)
+    src.class_names, src.name = ["zero", "one"], "toy"
+    return src
+
+
+def test_cache_captions_each_image_content_once(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, size=(6, 8, 8)).astype(np.uint8)
+    images = np.concatenate([base, base[:2]])  # images 6, 7 duplicate images 0, 1
+    src = _source(images, [0, 1, 0, 1, 0, 1, 0, 1])
+    cache = DescriptionCache(tmp_path / "cache.sqlite")
+    d = CountingDescriber()
+    stats = run_describe(src, d, tmp_path / "a.jsonl", range(8), batch_size=8, cache=cache)
+    assert d.calls == 6 and stats["cached"] == 2  # duplicates inside the batch captioned once
+    # another output file, same images: nothing is captioned again, the text is identical
+    d2 = CountingDescriber()
+    stats = run_describe(src, d2, tmp_path / "b.jsonl", range(8), batch_size=3, cache=cache)
+    assert d2.calls == 0 and stats["cached"] == 8
+    assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
+    # another prompt is another describer: all misses
+    d3 = CountingDescriber(prompt="q")
+    run_describe(src, d3, tmp_path / "c.jsonl", range(8), cache=cache)
+    assert d3.calls == 6 and len(cache) == 12
+    # a changed image is a miss, its unchanged neighbours hit
+    src.images[3] = 255 - src.images[3]
+    d4 = CountingDescriber()
+    run_describe(src, d4, tmp_path / "d.jsonl", range(8), cache=cache)
+    assert d4.calls == 1
+
+
+def test_corrupt_cache_is_a_clear_error(tmp_path):
+    (tmp_path / "c.sqlite").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(ValueError, match="c.sqlite"):
+        DescriptionCache(tmp_path / "c.sqlite")
+
+
+PLUGIN = '''
+from export.describers import register_describer
+
+@register_describer("shouting")
+class Shouting:
+    def __init__(self, prompt="short", **_):
+        self.prompt = prompt
+    def info(self):
+        return {"backend": "shouting", "model": None, "prompt": self.prompt}
+    def describe(self, images, class_names):
+        return [f"A {n.upper()} ({im.size[0]}px)!" for im, n in zip(images, class_names)]
+'''
+
+
+def test_custom_backend_plugs_in_by_file(idx_root, tmp_path):
+    (tmp_path / "my_backend.py").write_text(PLUGIN)
+    out = tmp_path / "d.jsonl"
+    run_cli("-m", "export", "describe", "--source", "fashion-mnist", "--root", idx_root, "--limit", 4,
+            "--plugin", tmp_path / "my_backend.py", "--backend", "shouting", "--out", out)
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert len(rows) == 4 and all(r["description"].endswith("(28px)!") for r in rows)
+    p = run_cli("-m", "export", "describe", "--source", "fashion-mnist", "--root", idx_root, "--limit", 4,
+                "--backend", "shouting", "--out", tmp_path / "e.jsonl", check=False)
+    assert p.returncode == 2 and "unknown describer 'shouting'" in p.stderr and "template" in p.stderr
+
+
+def test_description_set_streams_sorted_last_wins_and_torn_tail(tmp_path):
+    p = tmp_path / "d.jsonl"
+    rows = [{"index": 5, "label": 1, "description": "five"}, {"index": 2, "label": 0, "description": "two"},
+            {"index": 5, "label": 1, "description": "five again"}, {"index": 9, "label": 0, "description": "né"}]
+    p.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows) + '{"index": 11, "la')
+    ds = DescriptionSet(p)
+    assert ds.indices.tolist() == [2, 5, 9] and ds.labels.tolist() == [0, 1, 0]
+    assert ds.texts(0, 10) == ["two", "five again", "né"]
+    assert [r["index"] for r in ds.records()] == [2, 5, 9]
+    p.write_text('{"index": 1, "label": 0}\n')
+    with pytest.raises(ValueError, match="d.jsonl:1.*'description'"):
+        DescriptionSet(p)
+    p.write_text('{"index": 1, "label": 0, "description": "x"}\nnot json\n{"index": 2}\n')
+    with pytest.raises(ValueError, match="d.jsonl:2: not valid JSON"):
+        DescriptionSet(p)
+
+
+class HashEncoder:
+    """Deterministic stand-in for a text encoder; can fail after a number of calls (an interruption)."""
+    name, dim, max_tokens = "hash", 8, 64
+
+    def __init__(self, fail_after=None):
+        self.fail_after, self.texts = fail_after, 0
+
+    def encode(self, texts):
+        if self.fail_after is not None and self.texts >= self.fail_after:
+            raise KeyboardInterrupt
+        self.texts += len(texts)
+        return np.stack([np.frombuffer(hashlib.sha256(t.encode()).digest()[:8], np.uint8).astype(np.float32) + 1
+                         for t in texts])
+
+
+def test_interrupted_embed_resumes_at_the_first_missing_chunk(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text("".join(json.dumps({"index": i, "label": i % 2, "description": f"image {i}"}) + "\n"
+                         for i in range(30)))
+    run_embed(p, tmp_path / "full", HashEncoder(), batch_size=4, chunk_size=8)
+    with pytest.raises(KeyboardInterrupt):
+        run_embed(p, tmp_path / "part", HashEncoder(fail_after=20), batch_size=4, chunk_size=8)
+    assert sorted(f.name for f in (tmp_path / "part.parts").glob("chunk_*.npy")) == \
+        ["chunk_000000.npy", "chunk_000001.npy"]
+    assert not (tmp_path / "part.npy").exists()
+    enc = HashEncoder()
+    run_embed(p, tmp_path / "part", enc, batch_size=4, chunk_size=8)
+    assert enc.texts == 30 - 16  # only the missing chunks were encoded
+    assert np.array_equal(np.load(tmp_path / "part.npy"), np.load(tmp_path / "full.npy"))
+    assert np.array_equal(np.load(tmp_path / "part.index.npy"), np.arange(30))
+    assert not (tmp_path / "part.parts").exists()
+    # parts made for other descriptions are not reused
+    with pytest.raises(KeyboardInterrupt):
+        run_embed(p, tmp_path / "other", HashEncoder(fail_after=8), batch_size=4, chunk_size=8)
+    p.write_text(p.read_text().replace("image 3", "image three"))
+    enc = HashEncoder()
+    run_embed(p, tmp_path / "other", enc, batch_size=4, chunk_size=8)
+    assert enc.texts == 30
+
+
+def test_verify_checks_rows_against_the_source(packed, idx_root, tmp_path):
+    p = run_cli("-m", "export", "verify", packed / "data")
+    report = json.loads(p.stdout)
+    assert report["train"]["against_source"] == "fashion-mnist" and report["train"]["images_checked"] == 80
+    # the same files checked against a source in another order fail with the index named
+    shuffled = tmp_path / "shuffled"
+    shuffled.mkdir()
+    for name in ("train", "t10k"):
+        images = np.frombuffer(gzip.open(idx_root / f"{name}-images-idx3-ubyte.gz").read()[16:], np.uint8)
+        labels = np.frombuffer(gzip.open(idx_root / f"{name}-labels-idx1-ubyte.gz").read()[8:], np.uint8)
+        order = np.roll(np.arange(len(labels)), 1)
+        write_idx(shuffled / f"{name}-images-idx3-ubyte.gz", images.reshape(-1, 28, 28)[order])
+        write_idx(shuffled / f"{name}-labels-idx1-ubyte.gz", labels[order])
+    p = run_cli("-m", "export", "verify", packed / "data", "--source", "fashion-mnist", "--root", shuffled,
+                check=False)
+    assert p.returncode == 2 and "train index" in p.stderr and ("source" in p.stderr)
+    # shipped without the source (moved root): the files alone are still checked
+    data = tmp_path / "data"
+    shutil.copytree(packed / "data", data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["source"]["root"] = str(tmp_path / "gone")
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    report = json.loads(run_cli("-m", "export", "verify", data).stdout)
+    assert report["train"]["against_source"] is None and report["train"]["count"] == 80
