@@ -3,26 +3,33 @@
   .venv/bin/python scripts/bench_offline.py [--images 2000] [--out runs/bench_offline]
 
 Reports, for Fashion-MNIST images (Debian dataset-fashion-mnist):
-  describe images/s with the template backend and with a tiny random BLIP-2 (tests/make_tiny_blip2.py);
+  describe images/s with the template backend and with each VLM backend on a tiny random model
+  (tests/make_tiny_vlms.py), and again with every image already in the description cache;
   embed descriptions/s through `run_embed` next to bare `model.encode` on the same texts (the ratio is
-  the overhead of our code); pack and verify images/s. Each stage runs in its own process, as in use.
+  the overhead of our code); pack and verify images/s; pack's peak RSS at n and 4n images (bounded
+  memory: it should not grow with n). Each stage runs in its own process, as in use.
 """
 import argparse
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+VLM_BACKENDS = {"blip2": "blip2", "instructblip": "instructblip", "llava": "llava", "llava-next": "llava-next",
+                "vlm": "idefics3"}  # describe backend -> tiny model built by tests/make_tiny_vlms.py
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GLOG_v="3", PYTHONPATH=str(ROOT))
 
 EMBED_SIDE_BY_SIDE = """
 import json, sys, time
 sys.path.insert(0, {root!r})
-from export.embed import SentenceTransformerEncoder, load_descriptions, run_embed
-texts = [r["description"] for r in load_descriptions({desc!r})]
+from export.descriptions import DescriptionSet
+from export.embed import SentenceTransformerEncoder, run_embed
+ds = DescriptionSet({desc!r})
+texts = ds.texts(0, len(ds))
 enc = SentenceTransformerEncoder()
 enc.model.encode(texts[:256], batch_size=256)  # warm-up
 times = {{"bare": [], "ours": []}}
@@ -37,12 +44,21 @@ print(json.dumps({{k: sorted(v)[1] for k, v in times.items()}}))
 """
 
 
+PEAK_RSS_MB = {}
+
+
 def timed(*args):
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=ENV, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{args} failed:\n{proc.stderr[-3000:]}")
-    return time.perf_counter() - t0, proc.stdout
+    """Runs one stage in its own process; returns (seconds, stdout) and keeps its peak RSS."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=ROOT, env=ENV, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        out.seek(0), err.seek(0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"{args} failed:\n{err.read()[-3000:]}")
+        PEAK_RSS_MB[args] = usage.ru_maxrss / 1024
+        return seconds, out.read()
 
 
 def main():
@@ -58,10 +74,14 @@ def main():
     r = {"images": n}
     s, _ = timed("-m", "export", "describe", "--limit", n, "--out", out / "desc.jsonl")
     r["describe_template_images_per_s"] = n / s
-    timed(ROOT / "tests" / "make_tiny_blip2.py", out / "blip2")
-    s, _ = timed("-m", "export", "describe", "--limit", a.vlm_images, "--backend", "blip2", "--model", out / "blip2",
-                 "--batch-size", 16, "--out", out / "desc_blip2.jsonl")
-    r["describe_tiny_blip2_images_per_s"] = a.vlm_images / s
+    for backend, kind in VLM_BACKENDS.items():
+        timed(ROOT / "tests" / "make_tiny_vlms.py", kind, out / kind)
+        s, _ = timed("-m", "export", "describe", "--limit", a.vlm_images, "--backend", backend, "--model", out / kind,
+                     "--batch-size", 16, "--out", out / f"desc_{backend}.jsonl")
+        r[f"describe_tiny_{backend}_images_per_s"] = a.vlm_images / s  # process start and model load included
+    s, _ = timed("-m", "export", "describe", "--limit", a.vlm_images, "--backend", "llava", "--model", out / "llava",
+                 "--batch-size", 16, "--out", out / "desc_llava_again.jsonl")
+    r["describe_tiny_llava_cached_images_per_s"] = a.vlm_images / s  # every image is in the cache now
     s, _ = timed("-m", "export", "embed", "--descriptions", out / "desc.jsonl", "--out", out / "emb")
     r["embed_command_descriptions_per_s"] = n / s  # the whole command: process start and model load included
     _, stdout = timed("-c", EMBED_SIDE_BY_SIDE.format(root=str(ROOT), desc=str(out / "desc.jsonl"),
@@ -70,11 +90,23 @@ def main():
     r["embed_bare_encode_descriptions_per_s"] = n / t["bare"]
     r["embed_run_embed_descriptions_per_s"] = n / t["ours"]
     r["embed_overhead_ratio"] = t["ours"] / t["bare"]
-    s, _ = timed("-m", "export", "pack", "--descriptions", out / "desc.jsonl", "--embeddings", out / "emb",
-                 "--eval-limit", n, "--out", out / "data")
+    pack1 = ("-m", "export", "pack", "--descriptions", out / "desc.jsonl", "--embeddings", out / "emb",
+             "--eval-limit", n, "--out", out / "data")
+    s, _ = timed(*pack1)
     r["pack_images_per_s"] = 2 * n / s  # train + eval
+    r["pack_peak_rss_mb"] = PEAK_RSS_MB[pack1]
     s, _ = timed("-m", "export", "verify", out / "data")
     r["verify_images_per_s"] = 2 * n / s
+    # bounded memory: pack 4x the images (embeddings imported from a random tensor) and compare peak RSS
+    timed("-m", "export", "describe", "--limit", 4 * n, "--out", out / "desc4.jsonl")
+    timed("-c", f"import numpy as np; np.save({str(out / 'rand4.npy')!r}, "
+                f"np.random.default_rng(0).standard_normal((60000, 384)).astype('float32'))")
+    timed("-m", "export", "import-embeddings", "--src", out / "rand4.npy", "--descriptions", out / "desc4.jsonl",
+          "--out", out / "emb4", "--normalize")
+    pack4 = ("-m", "export", "pack", "--descriptions", out / "desc4.jsonl", "--embeddings", out / "emb4",
+             "--eval-limit", 4 * n, "--out", out / "data4")
+    timed(*pack4)
+    r["pack_4x_peak_rss_mb"] = PEAK_RSS_MB[pack4]
     print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()}, indent=2))
 
 

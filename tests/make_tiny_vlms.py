@@ -1,18 +1,17 @@
 """Builds tiny randomly-initialised vision-language models (+ processors) from configs and saves each to a
 folder, so real `from_pretrained` loading code (AutoProcessor / AutoModelForImageTextToText) runs offline.
-Usage: python tests/make_tiny_vlms.py KIND OUT_DIR      KIND in: instructblip, llava, llava-next, idefics3, qwen2-vl
+Usage: python tests/make_tiny_vlms.py KIND OUT_DIR      KIND in: blip2, instructblip, llava, llava-next, idefics3
 
-`idefics3` (Idefics3ForConditionalGeneration + Idefics3Processor, the SmolVLM family, with a chat template) is the
-stand-in for "any chat VLM from the hub": `qwen2-vl` only builds when torchvision is installed, because in
-transformers 5 every processor with a `video_processor` slot (Qwen2-VL, Qwen2.5-VL, SmolVLM, LLaVA-OneVision, ...)
-requires torchvision both to be constructed and to be loaded with AutoProcessor."""
+`idefics3` (Idefics3ForConditionalGeneration + Idefics3Processor, SmolVLM-Instruct's architecture, with a chat
+template) stands in for "any chat VLM from the hub". Qwen2-VL cannot be built here: in transformers 5 every
+processor with a `video_processor` slot (Qwen2-VL, Qwen2.5-VL, SmolVLM2, LLaVA-OneVision, ...) needs torchvision,
+and no torchvision wheel works with this machine's CPU torch."""
 import sys
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-KINDS = ("instructblip", "llava", "llava-next", "idefics3", "qwen2-vl")
 
 WORDS = ("a an the of on in with and is this image photo shows small large dark light black white grey red "
          "blue green shirt shoe bag dress coat boot trouser sandal sneaker pullover top picture object "
@@ -60,25 +59,6 @@ IDEFICS3_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
 )
 
-# Qwen2-VL style
-QWEN_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}"
-    "{% for c in message['content'] %}"
-    "{% if c['type'] == 'image' or 'image' in c or 'image_url' in c %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
-    "{% endfor %}<|im_end|>\n"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
 def make_tokenizer(base_specials=("<pad>", "</s>", "<s>", "<unk>"), extra_special=(), words=WORDS,
                    padding_side="left", **kwargs):
     """Word-level tokenizer (case-sensitive; lower-case, Capitalised and UPPER forms of every word are in the
@@ -109,6 +89,32 @@ def _clip_vision_config(image_size=32, patch_size=8):
                 num_attention_heads=HEADS, image_size=image_size, patch_size=patch_size, projection_dim=H)
 
 
+def _blip2():
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor
+    tokenizer = make_tokenizer()
+    num_query = 4
+    # the processor adds the <image> token to `tokenizer`
+    processor = Blip2Processor(BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer,
+                               num_query_tokens=num_query)
+    config = Blip2Config(
+        vision_config=dict(hidden_size=H, intermediate_size=FF, num_hidden_layers=LAYERS,
+                           num_attention_heads=HEADS, image_size=32, patch_size=8),
+        qformer_config=dict(hidden_size=H, intermediate_size=FF, num_hidden_layers=LAYERS,
+                            num_attention_heads=HEADS, encoder_hidden_size=H, vocab_size=len(tokenizer)),
+        text_config=_opt_text_config(tokenizer),
+        num_query_tokens=num_query,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    return Blip2ForConditionalGeneration(config), processor
+
+
+def _opt_text_config(tokenizer):
+    return dict(model_type="opt", vocab_size=len(tokenizer), hidden_size=H, ffn_dim=FF,
+                num_hidden_layers=LAYERS, num_attention_heads=HEADS, max_position_embeddings=128,
+                word_embed_proj_dim=H, pad_token_id=tokenizer.pad_token_id,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+
+
 def _instructblip():
     from transformers import (BlipImageProcessor, InstructBlipConfig, InstructBlipForConditionalGeneration,
                               InstructBlipProcessor)
@@ -124,10 +130,7 @@ def _instructblip():
         qformer_config=dict(hidden_size=H, intermediate_size=FF, num_hidden_layers=LAYERS,
                             num_attention_heads=HEADS, encoder_hidden_size=H, vocab_size=len(qformer_tokenizer),
                             pad_token_id=qformer_tokenizer.pad_token_id, max_position_embeddings=128),
-        text_config=dict(model_type="opt", vocab_size=len(tokenizer), hidden_size=H, ffn_dim=FF,
-                         num_hidden_layers=LAYERS, num_attention_heads=HEADS, max_position_embeddings=128,
-                         word_embed_proj_dim=H, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id),
+        text_config=_opt_text_config(tokenizer),
         num_query_tokens=num_query,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
     )
@@ -201,50 +204,13 @@ def _idefics3():
     return Idefics3ForConditionalGeneration(config), processor
 
 
-def _qwen2_vl():
-    from transformers.utils import is_torchvision_available
-    if not is_torchvision_available():
-        raise RuntimeError("qwen2-vl needs torchvision: in transformers 5 Qwen2VLProcessor has a video_processor "
-                           "slot whose class (Qwen2VLVideoProcessor) requires torchvision; use KIND=idefics3")
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor
-    specials = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
-                "<|video_pad|>")
-    tokenizer = make_tokenizer(base_specials=("<|endoftext|>", "<|im_end|>", "<|im_start|>", "<unk>"),
-                               extra_special=specials[2:], chat_template=QWEN_CHAT_TEMPLATE)
-    patch_size, merge_size, temporal = 8, 2, 2
-    side = patch_size * merge_size * 2  # 32x32 pixels -> 4x4 patches -> 2x2 = 4 image tokens
-    image_processor = Qwen2VLImageProcessor(
-        size={"shortest_edge": side * side, "longest_edge": side * side},
-        patch_size=patch_size, merge_size=merge_size, temporal_patch_size=temporal)
-    # no video processor: the Qwen2-VL video processor needs torchvision, which is not installed here
-    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                 chat_template=QWEN_CHAT_TEMPLATE)
-    head_dim = H // HEADS
-    mrope = [head_dim // 2 - 2 * (head_dim // 6), head_dim // 6, head_dim // 6]  # sums to head_dim/2: [4,2,2]
-    ids = tokenizer.convert_tokens_to_ids
-    config = Qwen2VLConfig(
-        vision_config=dict(depth=LAYERS, embed_dim=H, hidden_size=H, mlp_ratio=2, num_heads=HEADS,
-                           patch_size=patch_size, spatial_merge_size=merge_size, temporal_patch_size=temporal),
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=H, intermediate_size=FF,
-                         num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=HEADS,
-                         max_position_embeddings=512, max_window_layers=LAYERS,
-                         rope_parameters=dict(rope_type="default", rope_theta=10000.0,
-                                              mrope_section=mrope),
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id),
-        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
-    )
-    return Qwen2VLForConditionalGeneration(config), processor
-
-
-BUILDERS = {"instructblip": _instructblip, "llava": _llava, "llava-next": _llava_next, "idefics3": _idefics3,
-            "qwen2-vl": _qwen2_vl}
+BUILDERS = {"blip2": _blip2, "instructblip": _instructblip, "llava": _llava, "llava-next": _llava_next,
+            "idefics3": _idefics3}
 
 
 def build(kind: str, out_dir: str) -> None:
     if kind not in BUILDERS:
-        raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
+        raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(BUILDERS)}")
     torch.manual_seed(0)
     model, processor = BUILDERS[kind]()
     model = model.eval()
