@@ -9,7 +9,7 @@
 import csv
 import json
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -79,57 +79,103 @@ def import_descriptions(src, source, out_path, fmt: str = "auto", prompt: Option
     return {"descriptions": len(rows), "source_images": len(source), "out": str(out_path)}
 
 
-def read_embedding_tensor(path, key: Optional[str] = None) -> np.ndarray:
+def read_embedding_tensor(path, key: Optional[str] = None):
+    """An [N, k] array-like whose rows are read on indexing: .npy and .pth are memory-mapped and
+    .safetensors read by slice, so importing ImageNet's 1.28M x 768 embeddings does not load 4 GB."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"embedding file not found: {path}")
     if path.suffix == ".npy":
-        arr = np.load(path)
+        arr = np.load(path, mmap_mode="r")
     elif path.suffix == ".safetensors":
-        from safetensors.numpy import load_file
-        tensors = load_file(str(path))
-        if key is None and len(tensors) != 1:
-            raise KeyError(f"{path}: holds {sorted(tensors)}; choose one with --key")
-        arr = tensors[key] if key else next(iter(tensors.values()))
+        from safetensors import safe_open
+        f = safe_open(str(path), framework="numpy")
+        names = list(f.keys())
+        if key is None and len(names) != 1:
+            raise KeyError(f"{path}: holds {sorted(names)}; choose one with --key")
+        if key is not None and key not in names:
+            raise KeyError(f"{path}: no tensor {key!r}; it holds {sorted(names)}")
+        arr = _SafetensorsRows(f.get_slice(key or names[0]))
     else:
-        data = _torch_load(path)
+        import torch
+        try:  # mmap needs the zip format torch.save has written since 1.6
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:
+            data = _torch_load(path)
+        except Exception as e:
+            raise ValueError(f"{path}: cannot load with torch.load(weights_only=True): {str(e)[:200]}") from None
         if isinstance(data, dict):
             if key is None:
                 raise KeyError(f"{path}: a dict with keys {sorted(data)[:10]}; choose one with --key")
             data = data[key]
-        arr = data.float().numpy()
-    arr = np.asarray(arr, dtype=np.float32)
-    if arr.ndim != 2:
-        raise ValueError(f"{path}: expected an [N, k] tensor, got shape {arr.shape}")
+        if not isinstance(data, torch.Tensor):
+            raise ValueError(f"{path}: expected a tensor, got {type(data).__name__}")
+        arr = _TorchRows(data)
+    if len(arr.shape) != 2:
+        raise ValueError(f"{path}: expected an [N, k] tensor, got shape {tuple(arr.shape)}")
     return arr
 
 
+class _SafetensorsRows:
+    def __init__(self, sl):
+        self.sl, self.shape = sl, tuple(sl.get_shape())
+
+    def __getitem__(self, idx: np.ndarray) -> np.ndarray:
+        lo, hi = int(idx.min()), int(idx.max()) + 1  # one contiguous read per chunk
+        return np.asarray(self.sl[lo:hi])[idx - lo]
+
+
+class _TorchRows:
+    def __init__(self, tensor):
+        self.t, self.shape = tensor, tuple(tensor.shape)
+
+    def __getitem__(self, idx: np.ndarray) -> np.ndarray:
+        import torch
+        return self.t[torch.from_numpy(idx)].float().numpy()
+
+
 def import_embeddings(src, descriptions_path, out_prefix, model: Optional[str] = None, key: Optional[str] = None,
-                      normalize: bool = False) -> Dict:
-    """Rows are source indices; the described indices are taken, in the descriptions' order."""
+                      normalize: bool = False, chunk: int = 65536) -> Dict:
+    """Rows are source indices; the described indices are taken, in the descriptions' order, and
+    written chunk by chunk into PREFIX.npy (renamed into place only when every row passed)."""
     emb = read_embedding_tensor(src, key)
     idx = DescriptionSet(descriptions_path).indices
-    if idx.max() >= len(emb):
-        raise IndexError(f"{src}: {len(emb)} rows, but {descriptions_path} describes index {idx.max()}")
-    rows = emb[idx]
-    bad = np.nonzero(~np.isfinite(rows).all(axis=1))[0]
-    if len(bad):
-        raise ValueError(f"{src}: NaN/inf in rows for indices {idx[bad[:5]].tolist()}")
-    norms = np.linalg.norm(rows, axis=1)
-    if normalize:
-        if np.any(norms == 0):
-            raise ValueError(f"{src}: zero rows at indices {idx[norms == 0][:5].tolist()}")
-        rows = rows / norms[:, None]
-    elif np.abs(norms - 1).max() > 1e-3:
-        worst = int(np.argmax(np.abs(norms - 1)))
-        raise ValueError(f"{src}: row for index {idx[worst]} has norm {norms[worst]:.4f}; pass --normalize to L2-normalise")
+    n_rows, dim = emb.shape
+    if idx.max() >= n_rows:
+        raise IndexError(f"{src}: {n_rows} rows, but {descriptions_path} describes index {idx.max()}")
     out_prefix = Path(out_prefix)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
-    for final, arr in ((Path(f"{out_prefix}.npy"), rows.astype(np.float32)), (Path(f"{out_prefix}.index.npy"), idx)):
-        tmp = final.with_name(final.name + ".tmp.npy")
-        np.save(tmp, arr)
-        tmp.replace(final)
-    meta = {"model": model or Path(src).name, "dim": int(rows.shape[1]), "count": len(rows), "normalized": "l2",
+    npy = Path(f"{out_prefix}.npy")
+    tmp = npy.with_name(npy.name + ".tmp.npy")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(idx), dim))
+    try:
+        for start in range(0, len(idx), chunk):
+            part = idx[start:start + chunk]
+            rows = np.asarray(emb[part], dtype=np.float32)
+            bad = np.nonzero(~np.isfinite(rows).all(axis=1))[0]
+            if len(bad):
+                raise ValueError(f"{src}: NaN/inf in rows for indices {part[bad[:5]].tolist()}")
+            norms = np.linalg.norm(rows, axis=1)
+            if normalize:
+                if np.any(norms == 0):
+                    raise ValueError(f"{src}: zero rows at indices {part[norms == 0][:5].tolist()}")
+                rows = rows / norms[:, None]
+            elif np.abs(norms - 1).max() > 1e-3:
+                worst = int(np.argmax(np.abs(norms - 1)))
+                raise ValueError(f"{src}: row for index {part[worst]} has norm {norms[worst]:.4f}; "
+                                 f"pass --normalize to L2-normalise")
+            out[start:start + len(part)] = rows
+        out.flush()
+    except BaseException:
+        del out
+        tmp.unlink()
+        raise
+    del out
+    tmp.replace(npy)
+    itmp = Path(f"{out_prefix}.index.tmp.npy")
+    np.save(itmp, idx)
+    itmp.replace(f"{out_prefix}.index.npy")
+    meta = {"model": model or Path(src).name, "dim": int(dim), "count": len(idx), "normalized": "l2",
             "dtype": "float32", "max_tokens": None, "descriptions": str(descriptions_path), "imported_from": str(src)}
     write_json_atomic(f"{out_prefix}.meta.json", meta)
     return meta

@@ -94,6 +94,20 @@ def test_import_embedding_tensors_and_pack(idx_root, tmp_path):
     save_file({"emb": got[[0, 0, 0, 0, 0]]}, str(tmp_path / "short.safetensors"))  # rows 0..4 only
     with pytest.raises(IndexError, match="describes index 5"):
         import_embeddings(tmp_path / "short.safetensors", tmp_path / "desc.jsonl", tmp_path / "x")
+    save_file({"emb": emb, "other": emb[:2]}, str(tmp_path / "all.safetensors"))
+    with pytest.raises(KeyError, match="--key"):
+        import_embeddings(tmp_path / "all.safetensors", tmp_path / "desc.jsonl", tmp_path / "x")
+    import_embeddings(tmp_path / "all.safetensors", tmp_path / "desc.jsonl", tmp_path / "s", key="emb",
+                      normalize=True, chunk=2)  # rows read by slice, two chunks
+    np.testing.assert_array_equal(np.load(tmp_path / "s.npy"), got)
+    # the authors' .pth (a dict of tensors), memory-mapped by torch in its own process
+    np.save(tmp_path / "emb_for_pth.npy", emb)
+    run_cli("-c", f"import numpy, torch; torch.save({{'text_emb': torch.from_numpy(numpy.load("
+                  f"{str(tmp_path / 'emb_for_pth.npy')!r}))}}, {str(tmp_path / 'emb.pth')!r})")
+    run_cli("-m", "export", "import-embeddings", "--src", tmp_path / "emb.pth", "--key", "text_emb",
+            "--descriptions", tmp_path / "desc.jsonl", "--out", tmp_path / "p", "--normalize")
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), got, rtol=1e-6)
+    assert not list(tmp_path.glob("*.tmp.npy"))  # failed imports left nothing half written
     run_cli("-m", "export", "pack", "--root", idx_root, "--descriptions", tmp_path / "desc.jsonl",
             "--embeddings", tmp_path / "e", "--eval-limit", 5, "--out", tmp_path / "data")
     manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
