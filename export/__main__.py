@@ -61,8 +61,9 @@ def cmd_pack(a):
     spec = {"kind": a.source, "root": str(Path(a.root).resolve()) if a.root else None,
             "train_split": "train", "eval_split": a.eval_split}
     m = run_pack(train, ev, a.descriptions, a.embeddings, a.out, _limit(len(ev), a.eval_limit), a.shards,
-                 a.overwrite, spec)
-    return {"out": a.out, "train": m["splits"]["train"]["count"], "eval": m["splits"]["eval"]["count"]}
+                 a.overwrite, spec, a.max_shard_mb)
+    return {"out": a.out, **{split: {"count": m["splits"][split]["count"], "files": len(m["splits"][split]["files"])}
+                             for split in ("train", "eval")}}
 
 
 def cmd_verify(a):
@@ -145,7 +146,10 @@ def main(argv=None):
     p.add_argument("--embeddings", required=True, help="prefix given to embed --out")
     p.add_argument("--eval-split", default="test")
     p.add_argument("--eval-limit", type=int, default=None)
-    p.add_argument("--shards", type=int, default=1)
+    p.add_argument("--shards", type=int, default=1,
+                   help="files per split at least (e.g. the device count); more when one would pass --max-shard-mb")
+    p.add_argument("--max-shard-mb", type=float, default=1024,
+                   help="size cap per MindRecord file; it bounds pack's memory (MindRecord indexes a file in memory)")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(fn=cmd_pack)

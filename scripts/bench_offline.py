@@ -6,8 +6,8 @@ Reports, for Fashion-MNIST images (Debian dataset-fashion-mnist):
   describe images/s with the template backend and with each VLM backend on a tiny random model
   (tests/make_tiny_vlms.py), and again with every image already in the description cache;
   embed descriptions/s through `run_embed` next to bare `model.encode` on the same texts (the ratio is
-  the overhead of our code); pack and verify images/s; pack's peak RSS at n and 4n images (bounded
-  memory: it should not grow with n). Each stage runs in its own process, as in use.
+  the overhead of our code); pack and verify images/s; pack's peak RSS at n and 4n images, and at 4n
+  with 4 MB shard files (MindRecord indexes one file in memory at commit: the shard cap bounds memory). Each stage runs in its own process, as in use.
 """
 import argparse
 import json
@@ -127,6 +127,9 @@ def main():
              "--eval-limit", 4 * n, "--out", out / "data4")
     timed(*pack4)
     r["pack_4x_peak_rss_mb"] = PEAK_RSS_MB[pack4]
+    pack4_capped = pack4[:-1] + (out / "data4_capped", "--max-shard-mb", 4)
+    timed(*pack4_capped)
+    r["pack_4x_4mb_shards_peak_rss_mb"] = PEAK_RSS_MB[pack4_capped]
     print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()}, indent=2))
 
 

@@ -175,3 +175,20 @@ def test_verify_checks_rows_against_the_source(packed, idx_root, tmp_path):
     (data / "manifest.json").write_text(json.dumps(manifest))
     report = json.loads(run_cli("-m", "export", "verify", data).stdout)
     assert report["train"]["against_source"] is None and report["train"]["count"] == 80
+
+
+def test_pack_splits_files_to_stay_under_the_size_cap(packed, idx_root, tmp_path):
+    d = packed
+    p = run_cli("-m", "export", "pack", "--source", "fashion-mnist", "--root", idx_root, "--descriptions",
+                d / "desc.jsonl", "--embeddings", d / "emb", "--max-shard-mb", 0.05, "--out", tmp_path / "data")
+    out = json.loads(p.stdout)
+    assert out["train"]["count"] == 80 and out["train"]["files"] >= 3  # ~2 KB a row, 80 rows, 50 KB a file
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    # MindRecord files are sparse (pages are preallocated): count the blocks really used
+    assert all((tmp_path / "data" / f["name"]).stat().st_blocks * 512 < 100_000
+               for f in manifest["splits"]["train"]["files"])
+    report = json.loads(run_cli("-m", "export", "verify", tmp_path / "data").stdout)
+    assert report["train"]["count"] == 80 and report["eval"]["count"] == 40
+    p = run_cli("-m", "export", "pack", "--root", idx_root, "--descriptions", d / "desc.jsonl",
+                "--embeddings", d / "emb", "--shards", 0, "--out", tmp_path / "bad", check=False)
+    assert p.returncode == 2 and "--shards 0" in p.stderr and not (tmp_path / "bad").exists()
