@@ -54,7 +54,13 @@ def _write_split(path: Path, schema: Dict, rows, count: int, shards: int, desc: 
     if buf:
         writer.write_raw_data(buf)
     writer.commit()
-    return [path.name] if shards == 1 else [f"{path.name}{i}" for i in range(shards)]
+    if shards == 1:
+        return [path.name]
+    # MindRecord numbers the files itself (zero-padded from 10 files on): list what it wrote
+    files = sorted(f.name for f in path.parent.glob(path.name + "*") if not f.name.endswith(".db"))
+    if len(files) != shards:
+        raise RuntimeError(f"MindRecord wrote {files} for {shards} shards of {path}")
+    return files
 
 
 def run_pack(train_source, eval_source, descriptions_path, embeddings_prefix, out_dir,

@@ -61,44 +61,50 @@ def run_verify(data_dir, check_images: int = 256, source_spec: Optional[Dict] = 
         source = _open_split_source(manifest, spec, split, explicit)
         step = 1 if check_images < 0 else max(1, info["count"] // max(check_images, 1))
         columns = info["columns"]
-        data = ds.MindDataset([str(f) for f in files], columns_list=columns, shuffle=False)
-        count, last, compared, norms = 0, -1, 0, []
-        for row in data.create_dict_iterator(output_numpy=True, num_epochs=1):
-            idx, label = int(row["index"]), int(row["label"])
-            where = f"{split} index {idx}"
-            if idx <= last:
-                raise ValueError(f"{files[0]}: {where} follows index {last}: order is not the source's")
-            last = idx
-            if not 0 <= label < num_classes:
-                raise ValueError(f"{files[0]}: {where} has label {label} outside [0, {num_classes})")
-            if source is not None:
-                if idx >= len(source):
-                    raise ValueError(f"{files[0]}: {where} is past the end of the source ({len(source)} images)")
-                if source.label(idx) != label:
-                    raise ValueError(f"{files[0]}: {where} has label {label}, the source {source.name} says "
-                                     f"{source.label(idx)}: rows do not follow the source's order")
-            if "text_emb" in row:
-                e = row["text_emb"]
-                if e.shape != (dim,):
-                    raise ValueError(f"{files[0]}: {where} text_emb shape {e.shape}, manifest dim {dim}")
-                if not np.all(np.isfinite(e)):
-                    raise ValueError(f"{files[0]}: {where} text_emb has NaN/inf")
-                norms.append(float(np.linalg.norm(e)))
-                if abs(norms[-1] - 1) > 1e-3:
-                    raise ValueError(f"{files[0]}: {where} text_emb norm {norms[-1]:.4f} is not 1")
-            if check_images and count % step == 0:
-                try:
-                    img = Image.open(io.BytesIO(row["image"].tobytes()))
-                    img.load()
-                except Exception as e:
-                    raise ValueError(f"{files[0]}: {where} image does not decode ({e})") from None
-                if source is not None and not np.array_equal(_pixels(img), _pixels(source.image(idx))):
-                    raise ValueError(f"{files[0]}: {where}: the image differs from the source's image {idx}")
-                compared += 1
-            count += 1
+        count, compared, seen, norm_range = 0, 0, set(), [np.inf, -np.inf]
+        for f in files:  # MindRecord spreads rows over shard files; each file keeps the source order
+            data = ds.MindDataset([str(f)], columns_list=columns, shuffle=False)
+            last = -1
+            for row in data.create_dict_iterator(output_numpy=True, num_epochs=1):
+                idx, label = int(row["index"]), int(row["label"])
+                where = f"{split} index {idx}"
+                if idx <= last:
+                    raise ValueError(f"{f}: {where} follows index {last}: order is not the source's")
+                if idx in seen:
+                    raise ValueError(f"{f}: {where} is also in another file of the split")
+                seen.add(idx)
+                last = idx
+                if not 0 <= label < num_classes:
+                    raise ValueError(f"{f}: {where} has label {label} outside [0, {num_classes})")
+                if source is not None:
+                    if idx >= len(source):
+                        raise ValueError(f"{f}: {where} is past the end of the source ({len(source)} images)")
+                    if source.label(idx) != label:
+                        raise ValueError(f"{f}: {where} has label {label}, the source {source.name} says "
+                                         f"{source.label(idx)}: rows do not follow the source's order")
+                if "text_emb" in row:
+                    e = row["text_emb"]
+                    if e.shape != (dim,):
+                        raise ValueError(f"{f}: {where} text_emb shape {e.shape}, manifest dim {dim}")
+                    if not np.all(np.isfinite(e)):
+                        raise ValueError(f"{f}: {where} text_emb has NaN/inf")
+                    norm = float(np.linalg.norm(e))
+                    if abs(norm - 1) > 1e-3:
+                        raise ValueError(f"{f}: {where} text_emb norm {norm:.4f} is not 1")
+                    norm_range = [min(norm_range[0], norm), max(norm_range[1], norm)]
+                if check_images and count % step == 0:
+                    try:
+                        img = Image.open(io.BytesIO(row["image"].tobytes()))
+                        img.load()
+                    except Exception as e:
+                        raise ValueError(f"{f}: {where} image does not decode ({e})") from None
+                    if source is not None and not np.array_equal(_pixels(img), _pixels(source.image(idx))):
+                        raise ValueError(f"{f}: {where}: the image differs from the source's image {idx}")
+                    compared += 1
+                count += 1
         if count != info["count"]:
             raise ValueError(f"{files[0]}: {count} rows, manifest says {info['count']}")
         report[split] = {"count": count, "images_checked": compared,
                          "against_source": source.name if source is not None else None,
-                         **({"norm_min": min(norms), "norm_max": max(norms)} if norms else {})}
+                         **({"norm_min": norm_range[0], "norm_max": norm_range[1]} if "text_emb" in columns else {})}
     return report

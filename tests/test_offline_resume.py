@@ -177,18 +177,28 @@ def test_verify_checks_rows_against_the_source(packed, idx_root, tmp_path):
     assert report["train"]["against_source"] is None and report["train"]["count"] == 80
 
 
-def test_pack_splits_files_to_stay_under_the_size_cap(packed, idx_root, tmp_path):
-    d = packed
-    p = run_cli("-m", "export", "pack", "--source", "fashion-mnist", "--root", idx_root, "--descriptions",
-                d / "desc.jsonl", "--embeddings", d / "emb", "--max-shard-mb", 0.05, "--out", tmp_path / "data")
+def test_pack_splits_files_to_stay_under_the_size_cap(tmp_path):
+    """1,100 rows (three write batches) into 10+ files: MindRecord spreads every batch over the files
+    and numbers them 00, 01, ...; verify checks each file's order and that no index is in two files."""
+    from conftest import synthetic_images
+    for prefix, n in (("train", 1100), ("t10k", 20)):
+        images, labels = synthetic_images(n, seed=2)
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    run_cli("-m", "export", "describe", "--root", tmp_path, "--out", tmp_path / "d.jsonl", "--cache", "none")
+    np.save(tmp_path / "e.npy", np.random.default_rng(0).normal(size=(1100, 16)).astype(np.float32))
+    run_cli("-m", "export", "import-embeddings", "--src", tmp_path / "e.npy", "--descriptions", tmp_path / "d.jsonl",
+            "--out", tmp_path / "emb", "--normalize")
+    p = run_cli("-m", "export", "pack", "--root", tmp_path, "--descriptions", tmp_path / "d.jsonl",
+                "--embeddings", tmp_path / "emb", "--max-shard-mb", 0.05, "--out", tmp_path / "data")
     out = json.loads(p.stdout)
-    assert out["train"]["count"] == 80 and out["train"]["files"] >= 3  # ~2 KB a row, 80 rows, 50 KB a file
+    assert out["train"]["count"] == 1100 and out["train"]["files"] >= 10
     manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
     # MindRecord files are sparse (pages are preallocated): count the blocks really used
     assert all((tmp_path / "data" / f["name"]).stat().st_blocks * 512 < 100_000
                for f in manifest["splits"]["train"]["files"])
-    report = json.loads(run_cli("-m", "export", "verify", tmp_path / "data").stdout)
-    assert report["train"]["count"] == 80 and report["eval"]["count"] == 40
-    p = run_cli("-m", "export", "pack", "--root", idx_root, "--descriptions", d / "desc.jsonl",
-                "--embeddings", d / "emb", "--shards", 0, "--out", tmp_path / "bad", check=False)
+    report = json.loads(run_cli("-m", "export", "verify", tmp_path / "data", "--check-images", -1).stdout)
+    assert report["train"]["count"] == 1100 and report["train"]["images_checked"] == 1100
+    p = run_cli("-m", "export", "pack", "--root", tmp_path, "--descriptions", tmp_path / "d.jsonl",
+                "--embeddings", tmp_path / "emb", "--shards", 0, "--out", tmp_path / "bad", check=False)
     assert p.returncode == 2 and "--shards 0" in p.stderr and not (tmp_path / "bad").exists()
