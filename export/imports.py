@@ -15,7 +15,7 @@ import numpy as np
 
 from .describe import meta_path
 from .descriptions import DescriptionSet
-from .io_utils import write_json_atomic
+from .io_utils import npy_writer, save_npy_atomic, write_json_atomic
 
 
 def _torch_load(path):
@@ -145,10 +145,7 @@ def import_embeddings(src, descriptions_path, out_prefix, model: Optional[str] =
         raise IndexError(f"{src}: {n_rows} rows, but {descriptions_path} describes index {idx.max()}")
     out_prefix = Path(out_prefix)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
-    npy = Path(f"{out_prefix}.npy")
-    tmp = npy.with_name(npy.name + ".tmp.npy")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(idx), dim))
-    try:
+    with npy_writer(f"{out_prefix}.npy", (len(idx), dim)) as out:
         for start in range(0, len(idx), chunk):
             part = idx[start:start + chunk]
             rows = np.asarray(emb[part], dtype=np.float32)
@@ -165,16 +162,7 @@ def import_embeddings(src, descriptions_path, out_prefix, model: Optional[str] =
                 raise ValueError(f"{src}: row for index {part[worst]} has norm {norms[worst]:.4f}; "
                                  f"pass --normalize to L2-normalise")
             out[start:start + len(part)] = rows
-        out.flush()
-    except BaseException:
-        del out
-        tmp.unlink()
-        raise
-    del out
-    tmp.replace(npy)
-    itmp = Path(f"{out_prefix}.index.tmp.npy")
-    np.save(itmp, idx)
-    itmp.replace(f"{out_prefix}.index.npy")
+    save_npy_atomic(f"{out_prefix}.index.npy", idx)
     meta = {"model": model or Path(src).name, "dim": int(dim), "count": len(idx), "normalized": "l2",
             "dtype": "float32", "max_tokens": None, "descriptions": str(descriptions_path), "imported_from": str(src)}
     write_json_atomic(f"{out_prefix}.meta.json", meta)

@@ -1,9 +1,12 @@
 """Small file helpers shared by the offline commands: atomic writes, JSONL, hashing."""
+import contextlib
 import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Dict, Iterator
+from typing import Dict, Iterator, Tuple
+
+import numpy as np
 
 
 def sha256_file(path, chunk: int = 1 << 20) -> str:
@@ -19,6 +22,33 @@ def write_json_atomic(path, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
+
+
+def save_npy_atomic(path, arr: np.ndarray) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, arr)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def npy_writer(path, shape: Tuple[int, ...]):
+    """A float32 .npy memmap filled in place (bounded memory), renamed to `path` only when the block
+    finishes; on any error the temporary file is removed and nothing appears under `path`."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.npy")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+    done = False
+    try:
+        yield out
+        out.flush()
+        done = True
+    finally:
+        del out  # closes the memmap before the rename or removal
+        if done:
+            os.replace(tmp, path)
+        else:
+            tmp.unlink()
 
 
 def read_jsonl(path) -> Iterator[Dict]:

@@ -31,7 +31,7 @@ MAX_SHARDS = 1000  # MindRecord's limit
 def auto_shards(source, indices: Sequence[int], extra_bytes: float, max_shard_mb: float, minimum: int = 1) -> int:
     """Enough shard files that each stays under `max_shard_mb`, estimated from up to 64 images spread
     over the split. MindRecord's commit holds about one shard file in memory while it builds the
-    index (measured: +127 MB of peak RSS for a 124 MB file), so the shard size bounds pack's memory."""
+    index (measured: +140 MB of peak anonymous memory for a 124 MB file), so the shard size bounds pack's memory."""
     if not len(indices):
         return minimum
     sample = [indices[int(k)] for k in np.linspace(0, len(indices) - 1, min(64, len(indices)))]

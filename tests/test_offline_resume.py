@@ -7,9 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import ROOT, run_cli, write_idx
+from conftest import run_cli, write_idx
 from export.desc_cache import DescriptionCache
 from export.describe import run_describe
 from export.describers import TemplateDescriber
