@@ -8,6 +8,13 @@ from pathlib import Path
 def _source_args(p):
     p.add_argument("--source", default="fashion-mnist", help="fashion-mnist | idx | imagefolder | cifar10 | cifar100")
     p.add_argument("--root", default=None, help="dataset root (default for fashion-mnist: the Debian package's)")
+    p.add_argument("--allow-empty-classes", action="store_true",
+                   help="imagefolder: keep class folders without images as classes (default: an error)")
+
+
+def _open(a, split):
+    from .readers import open_source
+    return open_source(a.source, a.root, split, allow_empty_classes=a.allow_empty_classes)
 
 
 def _limit(n_total, limit):
@@ -18,9 +25,8 @@ def cmd_describe(a):
     from .desc_cache import open_cache
     from .describe import parse_shard, run_describe
     from .describers import create_describer, load_plugins
-    from .readers import open_source
     load_plugins(a.plugin)
-    src = open_source(a.source, a.root, a.split)
+    src = _open(a, a.split)
     indices = list(_limit(len(src), a.limit))
     if a.shard:
         i, n = parse_shard(a.shard)
@@ -34,8 +40,7 @@ def cmd_describe(a):
 
 def cmd_import_descriptions(a):
     from .imports import import_descriptions
-    from .readers import open_source
-    return import_descriptions(a.src, open_source(a.source, a.root, a.split), a.out, a.format, a.prompt)
+    return import_descriptions(a.src, _open(a, a.split), a.out, a.format, a.prompt)
 
 
 def cmd_import_embeddings(a):
@@ -55,11 +60,9 @@ def cmd_embed(a):
 
 def cmd_pack(a):
     from .pack import run_pack
-    from .readers import open_source
-    train = open_source(a.source, a.root, "train")
-    ev = open_source(a.source, a.root, a.eval_split)
+    train, ev = _open(a, "train"), _open(a, a.eval_split)
     spec = {"kind": a.source, "root": str(Path(a.root).resolve()) if a.root else None,
-            "train_split": "train", "eval_split": a.eval_split}
+            "train_split": "train", "eval_split": a.eval_split, "allow_empty_classes": a.allow_empty_classes}
     m = run_pack(train, ev, a.descriptions, a.embeddings, a.out, _limit(len(ev), a.eval_limit), a.shards,
                  a.overwrite, spec, a.max_shard_mb)
     return {"out": a.out, **{split: {"count": m["splits"][split]["count"], "files": len(m["splits"][split]["files"])}

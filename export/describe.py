@@ -66,10 +66,11 @@ def run_describe(source, describer, out_path, indices: Sequence[int], batch_size
                     skipped.add(i)
             labels = [source.label(i) for i in batch]
             names = [source.class_names[l] for l in labels]
+            describe = _naming_errors(describer, source, batch, images, names)
             if cache is None:
-                texts, hits = (describer.describe(images, names) if batch else []), 0
+                texts, hits = (describe(list(range(len(batch)))) if batch else []), 0
             else:
-                texts, hits = _describe_cached(describer, images, names, identity, cache)
+                texts, hits = _describe_cached(describe, images, names, identity, cache)
             cached += hits
             f.write("".join(json.dumps({"index": i, "label": l, "description": t}, ensure_ascii=False) + "\n"
                             for i, l, t in zip(batch, labels, texts)))
@@ -80,7 +81,34 @@ def run_describe(source, describer, out_path, indices: Sequence[int], batch_size
             "unreadable": bad, "cached": cached, "total": len(indices)}
 
 
-def _describe_cached(describer, images, names, identity, cache) -> Tuple[List[str], int]:
+def _image_name(source, i: int) -> str:
+    path = getattr(source, "path", None)
+    return f"image #{i} ({path(i)})" if path else f"image #{i} of {source.name}"
+
+
+def _naming_errors(describer, source, batch: List[int], images: List, names: List[str]):
+    """describe(positions in the batch) -> texts. When the backend fails on a batch, each image is
+    tried alone so that the error names the image that fails (index and path); if none fails alone,
+    the batch's error is raised with its index range."""
+    backend = describer.info().get("backend", type(describer).__name__)
+
+    def describe(positions: List[int]) -> List[str]:
+        try:
+            return describer.describe([images[p] for p in positions], [names[p] for p in positions])
+        except Exception as e:  # any backend error: find and name the image
+            for p in positions if len(positions) > 1 else []:
+                try:
+                    describer.describe([images[p]], [names[p]])
+                except Exception as one:
+                    raise ValueError(f"describer {backend!r} failed on {_image_name(source, batch[p])}: "
+                                     f"{type(one).__name__}: {one}") from None
+            what = _image_name(source, batch[positions[0]]) if len(positions) == 1 else \
+                f"images #{batch[positions[0]]}..#{batch[positions[-1]]}"
+            raise ValueError(f"describer {backend!r} failed on {what}: {type(e).__name__}: {e}") from None
+    return describe
+
+
+def _describe_cached(describe, images, names, identity, cache) -> Tuple[List[str], int]:
     """Looks every image up in the cache, captions only the misses (each distinct content once) and
     stores them. Returns the descriptions and the number of images not captioned."""
     keys = [image_key(identity, im, n) for im, n in zip(images, names)]
@@ -91,7 +119,7 @@ def _describe_cached(describer, images, names, identity, cache) -> Tuple[List[st
             first_miss.setdefault(k, pos)
     if first_miss:
         positions = list(first_miss.values())
-        new = describer.describe([images[p] for p in positions], [names[p] for p in positions])
+        new = describe(positions)
         fresh = dict(zip(first_miss, new))
         cache.put_many(fresh.items())
         found.update(fresh)

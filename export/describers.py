@@ -76,8 +76,8 @@ def upsample_for_captioning(img: Image.Image, size: int = CAPTION_SIZE) -> Image
 # ---------------------------------------------------------------------------------------------
 # template backend
 
-_COLOURS = [(0, "red"), (30, "orange"), (55, "yellow"), (90, "green"), (160, "teal"), (200, "blue"),
-            (260, "purple"), (310, "pink"), (345, "red")]
+_COLOURS = [(0, "red"), (30, "orange"), (55, "yellow"), (105, "green"), (175, "teal"), (225, "blue"),
+            (275, "purple"), (320, "pink"), (345, "red")]
 
 
 def _colour_name(rgb: np.ndarray) -> str:
@@ -107,7 +107,9 @@ def image_attributes(img: Image.Image) -> Dict[str, str]:
         mask = np.ones_like(mask)
     ys, xs = np.nonzero(mask)
     h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
-    gy, gx = np.gradient(grey)
+    # np.gradient needs two samples along an axis: a 1-pixel-wide image has no change along it
+    gy = np.gradient(grey, axis=0) if grey.shape[0] > 1 else np.zeros_like(grey)
+    gx = np.gradient(grey, axis=1) if grey.shape[1] > 1 else np.zeros_like(grey)
     # texture inside the object only: the outline's own edges would call every object "patterned"
     interior = mask & np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1)
     texture = float(np.hypot(gx, gy)[interior].mean()) if interior.any() else 0.0
@@ -132,7 +134,9 @@ class TemplateDescriber:
         pass
 
     def info(self) -> Dict:
-        return {"backend": "template", "model": None, "prompt": None, "version": 1}  # version: bump when the wording changes (cache key)
+        # version: bump when the wording changes (it is part of the cache key). 2: hue names re-centred
+        # (pure blue was called purple); grey images, e.g. Fashion-MNIST, read as in version 1
+        return {"backend": "template", "model": None, "prompt": None, "version": 2}
 
     def describe(self, images: List[Image.Image], class_names: List[str]) -> List[str]:
         out = []

@@ -17,6 +17,7 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "trouser", "pullover", "dress", "coat", 
                          "sneaker", "bag", "ankle boot"]
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+MINDSPORE_DECODES = ("JPEG", "PNG", "BMP", "TIFF")  # PIL format names that mindspore.dataset.vision.Decode reads
 
 
 def _png_bytes(array: np.ndarray) -> bytes:
@@ -81,9 +82,13 @@ class IdxSource(ArraySource):
 
 
 class ImageFolderSource:
-    """`root/<class>/<file>` in torchvision ImageFolder order: classes sorted, files sorted per class."""
+    """`root/<class>/<file>` in torchvision ImageFolder order: classes sorted, files sorted per class.
 
-    def __init__(self, root, name: Optional[str] = None):
+    A class folder without images would still take a label and a classifier output that no image
+    trains; like torchvision's ImageFolder, that is refused unless `allow_empty` (then the class
+    keeps its label index, e.g. to match another split's class list)."""
+
+    def __init__(self, root, name: Optional[str] = None, allow_empty: bool = False):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder not found: {root}")
@@ -91,13 +96,21 @@ class ImageFolderSource:
         if not self.class_names:
             raise ValueError(f"{root}: no class sub-folders")
         self.samples = []
+        empty = []
         for label, cls in enumerate(self.class_names):
+            n = len(self.samples)
             for dirpath, _, files in sorted(os.walk(root / cls, followlinks=True)):
                 for fname in sorted(files):
                     if fname.lower().endswith(IMG_EXTENSIONS):
                         self.samples.append((os.path.join(dirpath, fname), label))
+            if len(self.samples) == n:
+                empty.append(cls)
         if not self.samples:
             raise ValueError(f"{root}: no images with extensions {IMG_EXTENSIONS}")
+        if empty and not allow_empty:
+            shown = ", ".join(repr(c) for c in empty[:10]) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
+            raise ValueError(f"{root}: {len(empty)} class folder(s) hold no images ({shown}); remove them, or pass "
+                             f"--allow-empty-classes to keep them as classes without training images")
         self.name = name or root.name
 
     def __len__(self):
@@ -119,7 +132,11 @@ class ImageFolderSource:
         return img.convert("RGB")
 
     def encoded(self, i: int) -> bytes:
-        self.image(i)  # fail here, with the path, rather than at training time
+        """The file's own bytes when MindSpore's Decode reads the format; other formats PIL reads
+        (WebP, GIF, ...) are stored as lossless PNG, so training never meets an undecodable image."""
+        img = self.image(i)  # fail here, with the path, rather than at training time
+        if Image.open(self.samples[i][0]).format not in MINDSPORE_DECODES:
+            return _png_bytes(np.asarray(img))
         with open(self.samples[i][0], "rb") as f:
             return f.read()
 
@@ -166,9 +183,10 @@ class CifarSource(ArraySource):
 SOURCES = ("fashion-mnist", "idx", "imagefolder", "cifar10", "cifar100")
 
 
-def open_source(kind: str, root: Optional[str] = None, split: str = "train", class_names: Optional[List[str]] = None):
+def open_source(kind: str, root: Optional[str] = None, split: str = "train", class_names: Optional[List[str]] = None,
+                allow_empty_classes: bool = False):
     """Opens a source by kind. `split` is train|test for idx sources; ImageFolder takes `root/split`
-    when that folder exists, else `root` itself."""
+    when that folder exists, else `root` itself (`allow_empty_classes`: see ImageFolderSource)."""
     if kind in ("fashion-mnist", "idx"):
         root = Path(root or FASHION_MNIST_ROOT)
         prefix = {"train": "train", "test": "t10k", "eval": "t10k", "val": "t10k"}.get(split)
@@ -193,5 +211,5 @@ def open_source(kind: str, root: Optional[str] = None, split: str = "train", cla
         if root is None:
             raise ValueError("--root is required for an imagefolder source")
         sub = Path(root) / split
-        return ImageFolderSource(sub if sub.is_dir() else root, name=Path(root).name)
+        return ImageFolderSource(sub if sub.is_dir() else root, name=Path(root).name, allow_empty=allow_empty_classes)
     raise ValueError(f"unknown source {kind!r}; choose one of {SOURCES}")

@@ -25,7 +25,8 @@ def _open_split_source(manifest: Dict, spec: Optional[Dict], split: str, explici
     packed = manifest.get("source") or {}
     split_name = packed.get("train_split", "train") if split == "train" else packed.get("eval_split", "test")
     try:
-        return open_source(spec.get("kind") or packed.get("kind"), spec.get("root"), split_name)
+        return open_source(spec.get("kind") or packed.get("kind"), spec.get("root"), split_name,
+                           allow_empty_classes=packed.get("allow_empty_classes", False))
     except (FileNotFoundError, ValueError):
         if explicit:
             raise

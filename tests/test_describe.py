@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from export.describe import run_describe
@@ -69,3 +70,33 @@ def test_undecodable_images_stop_the_run_or_are_recorded(tmp_path):
     # resuming neither retries nor duplicates the skipped image
     again = run_describe(src, TemplateDescriber(), tmp_path / "b.jsonl", list(range(6)), skip_bad=True)
     assert again["written"] == 0 and len(_read(tmp_path / "b.jsonl.skipped.jsonl")) == 1
+
+
+def test_template_describes_tiny_and_odd_images():
+    rng = np.random.default_rng(0)
+    odd = [Image.new("RGB", (1, 1), (0, 0, 255)), Image.new("L", (1, 7)), Image.new("RGB", (2000, 8), (0, 0, 255)),
+           Image.fromarray((rng.random((20, 20)) * 65535).astype(np.uint16)), Image.new("CMYK", (9, 9)),
+           Image.new("P", (5, 5)), Image.new("RGBA", (3, 3))]
+    texts = TemplateDescriber().describe(odd, ["kite"] * len(odd))
+    assert len(texts) == len(odd) and all(t.startswith("A ") and "kite" in t for t in texts)
+    assert "blue kite" in texts[0] and "wider than it is tall" in texts[2]
+
+
+def test_describer_errors_name_the_image(tmp_path):
+    from export.readers import ImageFolderSource
+
+    class FailsOnTiny:  # fails only when one image of the batch is smaller than 2 px
+        def info(self):
+            return {"backend": "fails-on-tiny", "model": None, "prompt": None}
+
+        def describe(self, images, names):
+            if any(min(im.size) < 2 for im in images):
+                raise RuntimeError("tensor too small")
+            return ["a picture"] * len(images)
+
+    for cls, size in (("ant", 30), ("bee", 1), ("cow", 30)):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        Image.new("RGB", (size, size)).save(tmp_path / "data" / cls / f"{cls}.png")
+    src = ImageFolderSource(tmp_path / "data")
+    with pytest.raises(ValueError, match=r"'fails-on-tiny' failed on image #1 \(.*bee\.png\): RuntimeError: tensor too small"):
+        run_describe(src, FailsOnTiny(), tmp_path / "d.jsonl", range(3), batch_size=3)

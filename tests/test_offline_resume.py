@@ -201,3 +201,36 @@ def test_pack_splits_files_to_stay_under_the_size_cap(tmp_path):
     p = run_cli("-m", "export", "pack", "--root", tmp_path, "--descriptions", tmp_path / "d.jsonl",
                 "--embeddings", tmp_path / "emb", "--shards", 0, "--out", tmp_path / "bad", check=False)
     assert p.returncode == 2 and "--shards 0" in p.stderr and not (tmp_path / "bad").exists()
+
+
+def test_imagefolder_with_an_empty_class_packs_only_when_allowed(tmp_path):
+    """describe refuses a class folder without images; --allow-empty-classes keeps its label index,
+    pack records the flag, and verify reopens the source the same way. A WebP is stored as PNG."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, classes in (("train", {"ant": 3, "bee": 0, "cow": 2}), ("val", {"ant": 1, "bee": 1, "cow": 1})):
+        for cls, n in classes.items():
+            (tmp_path / "tree" / split / cls).mkdir(parents=True)
+            for k in range(n):
+                Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(
+                    tmp_path / "tree" / split / cls / f"{k}.{'webp' if cls == 'cow' else 'png'}", lossless=True)
+    src = ["--source", "imagefolder", "--root", tmp_path / "tree"]
+    p = run_cli("-m", "export", "describe", *src, "--out", tmp_path / "d.jsonl", check=False)
+    assert p.returncode == 2 and "'bee'" in p.stderr and "Traceback" not in p.stderr and not (tmp_path / "d.jsonl").exists()
+    run_cli("-m", "export", "describe", *src, "--allow-empty-classes", "--out", tmp_path / "d.jsonl", "--cache", "none")
+    assert [json.loads(l)["label"] for l in (tmp_path / "d.jsonl").read_text().splitlines()] == [0, 0, 0, 2, 2]
+    np.save(tmp_path / "e.npy", rng.normal(size=(5, 8)).astype(np.float32))
+    run_cli("-m", "export", "import-embeddings", "--src", tmp_path / "e.npy", "--descriptions", tmp_path / "d.jsonl",
+            "--out", tmp_path / "emb", "--normalize")
+    run_cli("-m", "export", "pack", *src, "--allow-empty-classes", "--eval-split", "val", "--descriptions",
+            tmp_path / "d.jsonl", "--embeddings", tmp_path / "emb", "--out", tmp_path / "data")
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert manifest["num_classes"] == 3 and manifest["source"]["allow_empty_classes"] is True
+    report = json.loads(run_cli("-m", "export", "verify", tmp_path / "data", "--check-images", -1).stdout)
+    assert report["train"]["count"] == 5 and report["train"]["images_checked"] == 5
+    # every stored image is one MindSpore decodes (the WebPs were re-encoded losslessly)
+    code = ("import mindspore.dataset as ds, mindspore.dataset.vision as v, sys;"
+            f"d = ds.MindDataset([{str(tmp_path / 'data' / 'train.mindrecord')!r}], columns_list=['image'], shuffle=False);"
+            "d = d.map([v.Decode()], input_columns='image');"
+            "print(sum(1 for _ in d.create_tuple_iterator(num_epochs=1)))")
+    assert run_cli("-c", code).stdout.strip().splitlines()[-1] == "5"

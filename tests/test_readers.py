@@ -60,3 +60,24 @@ def test_corrupt_image_error_names_path(tmp_path):
     i = [n for n in range(len(src)) if src.path(n).endswith("broken.png")][0]
     with pytest.raises(ValueError, match="broken.png"):
         src.encoded(i)
+
+
+def test_empty_class_folders_are_refused_by_name(tmp_path):
+    _folder(tmp_path, {"cat": ["a.png"], "dog": [], "emu": [], "fox": ["b.png"]})
+    (tmp_path / "emu" / "readme.txt").write_text("only a non-image file")
+    with pytest.raises(ValueError, match=r"2 class folder\(s\) hold no images \('dog', 'emu'\).*--allow-empty-classes"):
+        open_source("imagefolder", tmp_path)
+    src = open_source("imagefolder", tmp_path, allow_empty_classes=True)
+    assert src.class_names == ["cat", "dog", "emu", "fox"]  # the empty classes keep their label indices
+    assert [src.label(i) for i in range(len(src))] == [0, 3]
+
+
+def test_formats_mindspore_cannot_decode_are_stored_as_png(tmp_path):
+    import io
+    _folder(tmp_path, {"cat": ["a.jpg", "b.webp", "c.ppm"]})
+    src = ImageFolderSource(tmp_path)
+    kinds = {src.path(i).rsplit(".", 1)[1]: Image.open(io.BytesIO(src.encoded(i))).format for i in range(len(src))}
+    assert kinds == {"jpg": "JPEG", "webp": "PNG", "ppm": "PNG"}
+    for i in range(len(src)):  # lossless: the stored image is the decoded file
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(src.encoded(i))).convert("RGB")),
+                                      np.asarray(src.image(i)))
