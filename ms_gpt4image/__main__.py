@@ -1,4 +1,4 @@
-"""python -m ms_gpt4image train|evaluate|export|convert ..."""
+"""python -m ms_gpt4image train|evaluate|export|convert|predict ..."""
 import argparse
 import json
 import sys
@@ -32,9 +32,26 @@ def main(argv=None):
     p.add_argument("--key", default=None, help="state_dict | model | model_ema (default: the first present)")
     p.add_argument("--unsafe-pickle", action="store_true", help="allow pickled objects (trusted files only)")
     p.add_argument("--out", required=True, help="output .ckpt")
+    p = sub.add_parser("predict", help="top-k classes of images with the deployed model (MindIR or checkpoint)")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders (recursive, image extensions only)")
+    p.add_argument("--model", required=True,
+                   help="OUT.mindir or OUT.ckpt from export (OUT.model.json beside it), or any checkpoint with -c")
+    p.add_argument("-c", "--config", default=None,
+                   help="training config: needed for a training checkpoint or a model without OUT.model.json")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--data-dir", default=None, help="predict the eval split of a packed directory (with its labels)")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", default=None, help="also write the predictions to preds.jsonl or preds.csv")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip images that cannot be decoded and list them (OUT.skipped.jsonl); default: stop")
+    p.add_argument("--weights", default="auto", choices=["auto", "ema", "raw"], help="for a training checkpoint")
+    p.add_argument("--device", default="CPU", help="CPU | GPU | Ascend")
     a = ap.parse_args(argv)
 
     from .config import ConfigError, load_config
+    if a.cmd == "predict":
+        return _predict(a)
     if a.cmd == "convert":
         from .convert import run_convert
         try:
@@ -61,6 +78,28 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def _predict(a) -> int:
+    """The table goes to stdout as it is produced; the summary (JSON) to stderr."""
+    from .config import ConfigError, load_config
+    from .predict import load_model, output_format, run_predict
+    import mindspore as ms
+    try:
+        cfg = load_config(a.config, a.set) if a.config else None
+        if cfg is not None and cfg["data_dir"] is None:
+            raise ConfigError("data_dir is not set: the config's manifest gives the class names")
+        if a.out:
+            output_format(a.out)  # before the model loads
+        ms.set_context(mode=ms.GRAPH_MODE)
+        ms.set_device(a.device)
+        net, spec = load_model(a.model, cfg, a.weights)
+        result = run_predict(net, spec, a.paths, a.data_dir, a.topk, a.batch_size, a.out, a.skip_bad)
+    except (ConfigError, ValueError, KeyError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, ensure_ascii=False), file=sys.stderr)
     return 0
 
 

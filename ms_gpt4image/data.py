@@ -38,7 +38,10 @@ def _imagenet_ops(cfg: Dict, train: bool):
                              color_jitter=cfg["color_jitter"], re_prob=cfg["re_prob"], **norm)
 
 
-def _image_ops(cfg: Dict, train: bool):
+def image_ops(cfg: Dict, train: bool):
+    """The per-image ops from encoded bytes to a normalised CHW float32 array; the first op is
+    `vision.Decode`. Eval ops read only the preprocessing keys (MODEL_SPEC_KEYS in deploy.py), so
+    evaluate, export and predict share them."""
     if cfg["transforms"] == "imagenet":
         return _imagenet_ops(cfg, train)
     size = cfg["image_size"]
@@ -69,7 +72,7 @@ def create_dataset(cfg: Dict, split: str, epoch_seed: Optional[int] = None,
         kwargs.update(num_shards=num_shards, shard_id=shard_id)
     data = ds.MindDataset(split_files(cfg["data_dir"], manifest, split), **kwargs)
     n = data.get_dataset_size()
-    data = data.map(_image_ops(cfg, train), input_columns="image", num_parallel_workers=cfg["num_parallel_workers"])
+    data = data.map(image_ops(cfg, train), input_columns="image", num_parallel_workers=cfg["num_parallel_workers"])
     batch = cfg["batch_size"] if train else cfg["eval_batch_size"]
     # train drops the ragged last batch (one static graph); eval keeps every sample
     if train and (cfg["mixup"] > 0 or cfg["cutmix"] > 0):

@@ -1,4 +1,8 @@
-"""Evaluation from a checkpoint and export of the deployable net (backbone + classifier only)."""
+"""Evaluation from a checkpoint and export of the deployable net (backbone + classifier only).
+
+Export writes, beside OUT.mindir and OUT.ckpt, OUT.model.json: the model spec that inference needs
+(architecture, class names, input size and channels, mean/std and the eval resize/crop), so that
+`predict` runs from the MindIR or the deployable checkpoint alone."""
 import json
 from pathlib import Path
 from typing import Dict
@@ -8,19 +12,41 @@ import mindspore as ms
 import mindspore.nn as nn
 
 from .checkpoint import load_backbone, save_deploy
+from .files import write_json_atomic
 from .data import create_dataset, load_manifest
 from .engine import evaluate, setup_context
 from .models import create_backbone
 from .train import num_classes_of
 
 
-def build_deploy_net(cfg: Dict, ckpt, weights: str = "auto") -> nn.Cell:
-    manifest = load_manifest(cfg["data_dir"])
-    net = create_backbone(cfg["model"], num_classes=num_classes_of(cfg, manifest), in_channels=cfg["in_channels"],
-                          image_size=cfg["image_size"], **cfg["model_kwargs"])
+MODEL_SPEC_VERSION = 1
+# what image_ops(spec, train=False) reads: the eval preprocessing
+PREPROCESS_KEYS = ("transforms", "image_size", "in_channels", "mean", "std", "crop_pct", "interpolation")
+
+
+def model_spec(cfg: Dict, manifest: Dict) -> Dict:
+    """Everything inference needs besides the weights (written as OUT.model.json by export)."""
+    return {"spec_version": MODEL_SPEC_VERSION, "model": cfg["model"], "model_kwargs": cfg["model_kwargs"],
+            "num_classes": num_classes_of(cfg, manifest), "class_names": manifest["class_names"],
+            "dataset": manifest["dataset"], **{k: cfg[k] for k in PREPROCESS_KEYS}}
+
+
+def model_spec_path(model_path) -> Path:
+    """OUT.mindir / OUT.ckpt -> OUT.model.json."""
+    p = Path(model_path)
+    return p.with_name(p.stem + ".model.json")
+
+
+def build_backbone_from_spec(spec: Dict, ckpt, weights: str = "auto") -> nn.Cell:
+    net = create_backbone(spec["model"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
+                          image_size=spec["image_size"], **spec["model_kwargs"])
     load_backbone(net, ckpt, strict=True, weights=weights)
     net.set_train(False)
     return net
+
+
+def build_deploy_net(cfg: Dict, ckpt, weights: str = "auto") -> nn.Cell:
+    return build_backbone_from_spec(model_spec(cfg, load_manifest(cfg["data_dir"])), ckpt, weights)
 
 
 def run_evaluate(cfg: Dict, ckpt, weights: str = "auto") -> Dict:
@@ -34,7 +60,8 @@ def run_export(cfg: Dict, ckpt, out_prefix, check_batches: int = 1, weights: str
     """Writes OUT.mindir and OUT.ckpt; reloads the MindIR with `ms.load` + `nn.GraphCell` and checks
     that it gives the trained net's logits on real eval batches."""
     setup_context(cfg)
-    net = build_deploy_net(cfg, ckpt, weights)
+    spec = model_spec(cfg, load_manifest(cfg["data_dir"]))
+    net = build_backbone_from_spec(spec, ckpt, weights)
     out_prefix = Path(out_prefix)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     c, s = cfg["in_channels"], cfg["image_size"]
@@ -50,9 +77,10 @@ def run_export(cfg: Dict, ckpt, out_prefix, check_batches: int = 1, weights: str
         ref, got = net(image).asnumpy(), graph(image).asnumpy()
         max_diff = max(max_diff, float(np.abs(ref - got).max()))
         n += len(ref)
-    report = {"mindir": f"{out_prefix}.mindir", "ckpt": f"{out_prefix}.ckpt", "checked_images": n,
-              "max_abs_logit_diff": max_diff}
+    report = {"mindir": f"{out_prefix}.mindir", "ckpt": f"{out_prefix}.ckpt", "model_spec": f"{out_prefix}.model.json",
+              "checked_images": n, "max_abs_logit_diff": max_diff}
     if not max_diff <= 1e-4:
         raise ValueError(f"exported MindIR differs from the trained net: max |logit diff| {max_diff}")
-    Path(f"{out_prefix}.export.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json_atomic(f"{out_prefix}.model.json", spec)
+    write_json_atomic(f"{out_prefix}.export.json", report)
     return report

@@ -108,6 +108,11 @@ class TrainStep(nn.TrainOneStepWithLossScaleCell):
         return loss, ce, align
 
 
+def topk_indices(logits: np.ndarray, k: int) -> np.ndarray:
+    """[B, k] class indices by descending logit (evaluate and predict rank the same way)."""
+    return np.argsort(-logits, axis=1)[:, :k]
+
+
 def evaluate(net: nn.Cell, dataset) -> Dict:
     """Top-1 / top-5 of `net` (image -> logits) over every sample of `dataset`."""
     net.set_train(False)
@@ -115,7 +120,7 @@ def evaluate(net: nn.Cell, dataset) -> Dict:
     for image, label in dataset.create_tuple_iterator(num_epochs=1):
         logits = net(image).asnumpy()
         y = label.asnumpy()
-        top5 = np.argsort(-logits, axis=1)[:, :5]
+        top5 = topk_indices(logits, 5)
         correct1 += int((top5[:, 0] == y).sum())
         correct5 += int((top5 == y[:, None]).any(axis=1).sum())
         n += len(y)

@@ -1,4 +1,5 @@
 import gzip
+import json
 import os
 import struct
 import subprocess
@@ -63,3 +64,16 @@ def packed(idx_root, tmp_path_factory):
     run_cli("-m", "export", "pack", "--source", "fashion-mnist", "--root", idx_root, "--descriptions",
             d / "desc.jsonl", "--embeddings", d / "emb", "--out", d / "data")
     return d
+
+
+@pytest.fixture(scope="session")
+def trained(packed, tmp_path_factory):
+    """One epoch of a width-8 ResNet-18 on `packed`, exported: {cfg, run, deploy (prefix)}."""
+    d = tmp_path_factory.mktemp("trained")
+    cfg = d / "tiny.yaml"
+    cfg.write_text("data_dir: {}\noutput_dir: {}\nmodel_kwargs: {{width: 8}}\nbatch_size: 16\n"
+                   "eval_batch_size: 16\nepoch_size: 1\nwarmup_epochs: 0\n".format(packed / "data", d / "run"))
+    run_cli("-m", "ms_gpt4image", "train", "-c", cfg)
+    export = run_cli("-m", "ms_gpt4image", "export", "-c", cfg, "--ckpt", d / "run" / "last.ckpt",
+                     "--out", d / "deploy" / "net")
+    return {"cfg": cfg, "run": d / "run", "deploy": d / "deploy" / "net", "export": json.loads(export.stdout)}

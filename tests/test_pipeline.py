@@ -1,6 +1,7 @@
 """End to end through the real command lines, each stage in its own process:
 describe -> embed (packaged MiniLM) -> pack -> verify -> train 1 epoch -> evaluate -> export -> MindIR."""
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -22,12 +23,8 @@ def test_offline_stage_outputs(packed):
     assert report["train"]["count"] == 80 and report["eval"]["count"] == 40
 
 
-def test_train_evaluate_export(packed, tmp_path):
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text("data_dir: {}\noutput_dir: {}\nmodel_kwargs: {{width: 8}}\nbatch_size: 16\n"
-                   "eval_batch_size: 16\nepoch_size: 1\nwarmup_epochs: 0\n".format(packed / "data", tmp_path / "run"))
-    run_cli("-m", "ms_gpt4image", "train", "-c", cfg)
-    run = tmp_path / "run"
+def test_train_evaluate_export(trained):
+    cfg, run = trained["cfg"], trained["run"]
     for name in ("config.yaml", "log.jsonl", "last.ckpt", "best.ckpt", "summary.json"):
         assert (run / name).exists(), name
     log = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
@@ -37,15 +34,17 @@ def test_train_evaluate_export(packed, tmp_path):
     assert ev["count"] == 40 and 0 <= ev["top1"] <= ev["top5"] <= 100
     assert ev["top1"] == pytest.approx(log[0]["top1"])
 
-    out = json.loads(run_cli("-m", "ms_gpt4image", "export", "-c", cfg, "--ckpt", run / "last.ckpt",
-                             "--out", tmp_path / "deploy" / "net").stdout)
+    out, deploy = trained["export"], trained["deploy"]
     assert out["max_abs_logit_diff"] <= 1e-4 and out["checked_images"] > 0
-    assert (tmp_path / "deploy" / "net.mindir").exists()
+    assert pathlib.Path(f"{deploy}.mindir").exists()
+    spec = json.loads(pathlib.Path(f"{deploy}.model.json").read_text())  # what predict needs beside the model
+    assert spec["class_names"][9] == "ankle boot" and spec["num_classes"] == 10 and spec["image_size"] == 28
+    assert spec["model"] == "resnet18_cifar" and spec["model_kwargs"] == {"width": 8}
     # the deployable checkpoint has no projector and evaluates like the training checkpoint
-    ev2 = json.loads(run_cli("-m", "ms_gpt4image", "evaluate", "-c", cfg, "--ckpt", tmp_path / "deploy" / "net.ckpt").stdout)
+    ev2 = json.loads(run_cli("-m", "ms_gpt4image", "evaluate", "-c", cfg, "--ckpt", f"{deploy}.ckpt").stdout)
     assert ev2["top1"] == ev["top1"]
     import mindspore as ms
-    assert not any("projector" in k or "moments" in k for k in ms.load_checkpoint(str(tmp_path / "deploy" / "net.ckpt")))
+    assert not any("projector" in k or "moments" in k for k in ms.load_checkpoint(f"{deploy}.ckpt"))
 
 
 def test_bad_inputs_exit_nonzero_with_clear_errors(packed, idx_root, tmp_path):
