@@ -1,4 +1,4 @@
-"""python -m export describe|merge|import-descriptions|embed|import-embeddings|pack|verify|dump-torch ..."""
+"""python -m export describe|merge|import-descriptions|embed|import-embeddings|pack|verify|inspect|dump-torch ..."""
 import argparse
 import json
 import sys
@@ -73,6 +73,13 @@ def cmd_verify(a):
     from .verify import run_verify
     spec = {"kind": a.source, "root": a.root} if (a.source or a.root) else None
     return run_verify(a.data_dir, a.check_images, spec, a.no_source)
+
+
+def cmd_inspect(a):
+    from .inspect_set import run_inspect
+    return run_inspect(a.descriptions, a.embeddings, a.out, a.compare, a.compare_embeddings, a.source, a.root,
+                       a.name, a.compare_name, a.seed, a.probe_rows, a.near_dup_queries, a.tsne_classes,
+                       a.tsne_per_class)
 
 
 def cmd_dump_torch(a):
@@ -165,6 +172,25 @@ def main(argv=None):
     p.add_argument("--check-images", type=int, default=256,
                    help="images per split decoded and compared pixel for pixel with the source (spread evenly; -1: all)")
     p.set_defaults(fn=cmd_verify)
+
+    p = sub.add_parser("inspect", help="is this description set worth training with? report.json/.md and figures")
+    p.add_argument("--descriptions", required=True)
+    p.add_argument("--embeddings", required=True, help="prefix given to embed --out")
+    p.add_argument("--out", required=True, help="report folder: report.json, report.md, tsne.png, lengths.png")
+    p.add_argument("--compare", default=None, metavar="DESCRIPTIONS", help="a second set, reported beside the first")
+    p.add_argument("--compare-embeddings", default=None, metavar="PREFIX", help="the second set's embeddings")
+    p.add_argument("--source", default=None, help="take class names from this source (default: the descriptions' "
+                                                  "meta, else a manifest.json beside them, else label numbers)")
+    p.add_argument("--root", default=None)
+    p.add_argument("--name", default=None, help="column name of the set (default: the file's stem)")
+    p.add_argument("--compare-name", default=None)
+    p.add_argument("--seed", type=int, default=0, help="fixes every sample")
+    p.add_argument("--probe-rows", type=int, default=20000, help="stratified sample for the k-NN and linear probes")
+    p.add_argument("--near-dup-queries", type=int, default=5000,
+                   help="rows whose nearest neighbour is searched among all rows")
+    p.add_argument("--tsne-classes", type=int, default=50)
+    p.add_argument("--tsne-per-class", type=int, default=250)
+    p.set_defaults(fn=cmd_inspect)
 
     p = sub.add_parser("dump-torch", help="PyTorch checkpoint -> .npz state dict (used by ms_gpt4image convert)")
     p.add_argument("src")
