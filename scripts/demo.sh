@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end GPT4Image demo on Fashion-MNIST:
-#   describe (template) -> embed (all-MiniLM-L6-v2) -> pack MindRecord -> verify
+#   describe (template) -> embed (all-MiniLM-L6-v2) -> inspect -> pack MindRecord -> verify
 #   -> train baseline (lambda 0) and GPT4Image (lambda 0.3) -> evaluate -> export MindIR -> report.
 # Usage: scripts/demo.sh [--quick]     (run from the repository root; `make demo` calls it)
 # Re-running resumes: finished descriptions and finished training epochs are kept.
@@ -22,6 +22,9 @@ step "describe: $TRAIN_N Fashion-MNIST training images (template backend, offlin
 $PY -m export describe --source fashion-mnist --limit "$TRAIN_N" --backend template --out "$DIR/descriptions.jsonl"
 step "embed: all-MiniLM-L6-v2 (packaged weights)"
 $PY -m export embed --descriptions "$DIR/descriptions.jsonl" --out "$DIR/embeddings"
+step "inspect: is the description set worth training with? (report in $DIR/inspect)"
+$PY -m export inspect --descriptions "$DIR/descriptions.jsonl" --embeddings "$DIR/embeddings" --out "$DIR/inspect" >/dev/null
+sed -n '3,17p' "$DIR/inspect/report.md"
 step "pack: MindRecord + manifest"
 $PY -m export pack --source fashion-mnist --descriptions "$DIR/descriptions.jsonl" --embeddings "$DIR/embeddings" \
   --eval-limit "$EVAL_N" --out "$DIR/data" --overwrite
@@ -44,4 +47,8 @@ $PY -m ms_gpt4image export -c configs/demo_fmnist.yaml --set "data_dir=$DIR/data
 
 step "report"
 $PY -m ms_gpt4image.report "$DIR"
-echo "written: $DIR/report.json $DIR/report.md $DIR/accuracy.png"
+step "predict: the deployed MindIR on a few eval images"
+$PY -m ms_gpt4image predict --model "$DIR/deploy/gpt4image.mindir" --data-dir "$DIR/data" --topk 3 \
+  --out "$DIR/deploy/predictions.csv" > "$DIR/deploy/predictions.txt"
+head -n 6 "$DIR/deploy/predictions.txt"; echo "... ($DIR/deploy/predictions.txt)"
+echo "written: $DIR/report.json $DIR/report.md $DIR/accuracy.png $DIR/inspect/report.md $DIR/deploy/predictions.csv"
