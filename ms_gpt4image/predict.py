@@ -183,7 +183,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class RowWriter:
-    """Prediction rows to JSONL or CSV (chosen by the extension of `path`)."""
+    """Prediction rows as JSONL or CSV (`fmt`, from the extension of --out)."""
 
     def __init__(self, f, fmt: str, key_fields: List[str], k: int):
         self.f, self.fmt, self.key_fields = f, fmt, key_fields
