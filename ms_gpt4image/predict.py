@@ -232,6 +232,9 @@ def run_predict(net: nn.Cell, spec: Dict, paths: Sequence = (), data_dir=None, t
         total, items = len(files), file_items(files)
         key_fields, width = ["path"], min(60, max(len(str(p)) for p in files))
     print(f"{'image':<{width}}  top-{k} (class probability)", file=stdout)
+    # on a terminal, tqdm.write keeps table lines and the progress bar (stderr) apart; into a file or a
+    # pipe it would only fill stderr with bar redraws
+    emit = (lambda line: tqdm.write(line, file=stdout)) if stdout.isatty() else (lambda line: print(line, file=stdout))
     preprocess = Preprocess(spec)
     skipped, rows_done, correct1, correctk = [], 0, 0, 0
     t0 = time.time()
@@ -249,7 +252,7 @@ def run_predict(net: nn.Cell, spec: Dict, paths: Sequence = (), data_dir=None, t
                 row = {**key, "topk": [{"class": int(c), "name": names[c], "prob": float(p[c])} for c in t]}
                 if writer:
                     writer.write(row)
-                tqdm.write(table_line(row, width), file=stdout)
+                emit(table_line(row, width))
                 if "label" in key:
                     correct1 += int(t[0] == key["label"])
                     correctk += int(key["label"] in t)
