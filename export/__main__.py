@@ -79,7 +79,7 @@ def cmd_inspect(a):
     from .inspect_set import run_inspect
     return run_inspect(a.descriptions, a.embeddings, a.out, a.compare, a.compare_embeddings, a.source, a.root,
                        a.name, a.compare_name, a.seed, a.probe_rows, a.near_dup_queries, a.tsne_classes,
-                       a.tsne_per_class)
+                       a.tsne_per_class, a.allow_empty_classes)
 
 
 def cmd_dump_torch(a):
@@ -182,6 +182,7 @@ def main(argv=None):
     p.add_argument("--source", default=None, help="take class names from this source (default: the descriptions' "
                                                   "meta, else a manifest.json beside them, else label numbers)")
     p.add_argument("--root", default=None)
+    p.add_argument("--allow-empty-classes", action="store_true", help="imagefolder: as for describe and pack")
     p.add_argument("--name", default=None, help="column name of the set (default: the file's stem)")
     p.add_argument("--compare-name", default=None)
     p.add_argument("--seed", type=int, default=0, help="fixes every sample")

@@ -79,13 +79,15 @@ def open_set(desc_path, emb_prefix):
     return descs, emb, meta
 
 
-def class_names_for(desc_path, n_labels: int, source: Optional[str] = None, root: Optional[str] = None):
+def class_names_for(desc_path, n_labels: int, source: Optional[str] = None, root: Optional[str] = None,
+                    allow_empty_classes: bool = False):
     """(names, where they came from): the source's, the describe meta's, a manifest.json beside the
     descriptions, or else the label numbers."""
     names, origin = None, "labels"
     if source:
         from .readers import open_source
-        names, origin = list(open_source(source, root, "train").class_names), f"source {source}"
+        src = open_source(source, root, "train", allow_empty_classes=allow_empty_classes)
+        names, origin = list(src.class_names), f"source {source}"
     else:
         for path in (Path(f"{desc_path}.meta.json"), Path(desc_path).parent / "manifest.json"):
             if path.exists():
@@ -335,7 +337,7 @@ def report_md(sets: Dict[str, Dict], figures: List[str]) -> str:
 
 def run_inspect(descriptions, embeddings, out_dir, compare=None, compare_embeddings=None, source=None, root=None,
                 name=None, compare_name=None, seed: int = 0, probe_rows: int = 20000, near_dup_queries: int = 5000,
-                tsne_classes: int = 50, tsne_per_class: int = 250) -> Dict:
+                tsne_classes: int = 50, tsne_per_class: int = 250, allow_empty_classes: bool = False) -> Dict:
     for flag, v in (("probe-rows", probe_rows), ("near-dup-queries", near_dup_queries),
                     ("tsne-classes", tsne_classes), ("tsne-per-class", tsne_per_class)):
         if v < 1:
@@ -348,7 +350,7 @@ def run_inspect(descriptions, embeddings, out_dir, compare=None, compare_embeddi
         specs.append((other + " (2)" if other == specs[0][0] else other, compare, compare_embeddings))
     # every input is checked before the long passes
     opened = [open_set(d, e) for _, d, e in specs]
-    names = [class_names_for(d, int(descs.labels.max()) + 1, source, root)
+    names = [class_names_for(d, int(descs.labels.max()) + 1, source, root, allow_empty_classes)
              for (_, d, _), (descs, _, _) in zip(specs, opened)]
 
     # the same t-SNE classes in every panel: drawn from the classes both sets have (else the first's)
