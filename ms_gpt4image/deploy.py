@@ -3,7 +3,6 @@
 Export writes, beside OUT.mindir and OUT.ckpt, OUT.model.json: the model spec that inference needs
 (architecture, class names, input size and channels, mean/std and the eval resize/crop), so that
 `predict` runs from the MindIR or the deployable checkpoint alone."""
-import json
 from pathlib import Path
 from typing import Dict
 

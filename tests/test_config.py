@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from ms_gpt4image.config import ConfigError, load_config
+from ms_gpt4image.config import load_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))

@@ -1,7 +1,6 @@
 """Data parallel for real: 2 CPU workers launched by msrun on loopback."""
 import json
 import socket
-import sys
 
 import numpy as np
 import pytest

@@ -89,7 +89,6 @@ def test_bad_loss_settings_are_rejected():
 def test_losses_and_gradients_match_pytorch(tau, tmp_path):
     """The PyTorch computation runs in its own process (torch and mindspore never share one)."""
     from conftest import ROOT, run_cli
-    import mindspore.nn as nn
     from ms_gpt4image.gpt4image import Projector
 
     rng = np.random.default_rng(3)
