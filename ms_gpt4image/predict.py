@@ -274,8 +274,9 @@ def run_predict(net: nn.Cell, spec: Dict, paths: Sequence = (), data_dir=None, t
                 keys, arrays = [], []
         if arrays:
             flush(keys, arrays)
-    if rows_done == 0:
-        raise ValueError("no image could be read" + (f" ({len(skipped)} skipped)" if skipped else ""))
+        if rows_done == 0:  # raised inside the block: no empty output file is left under --out
+            raise ValueError("no image could be read" + (f": {len(skipped)} skipped, the first: {skipped[0]['error']}"
+                                                          if skipped else ""))
     result = {"images": rows_done, "skipped": len(skipped), "seconds": round(time.time() - t0, 3)}
     if out:
         result["out"] = str(out)
