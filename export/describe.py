@@ -96,12 +96,13 @@ def _naming_errors(describer, source, batch: List[int], images: List, names: Lis
         try:
             return describer.describe([images[p] for p in positions], [names[p] for p in positions])
         except Exception as e:  # any backend error: find and name the image
-            for p in positions if len(positions) > 1 else []:
-                try:
-                    describer.describe([images[p]], [names[p]])
-                except Exception as one:
-                    raise ValueError(f"describer {backend!r} failed on {_image_name(source, batch[p])}: "
-                                     f"{type(one).__name__}: {one}") from None
+            if len(positions) > 1:
+                for p in positions:
+                    try:
+                        describer.describe([images[p]], [names[p]])
+                    except Exception as one:
+                        raise ValueError(f"describer {backend!r} failed on {_image_name(source, batch[p])}: "
+                                         f"{type(one).__name__}: {one}") from None
             what = _image_name(source, batch[positions[0]]) if len(positions) == 1 else \
                 f"images #{batch[positions[0]]}..#{batch[positions[-1]]}"
             raise ValueError(f"describer {backend!r} failed on {what}: {type(e).__name__}: {e}") from None

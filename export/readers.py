@@ -135,7 +135,9 @@ class ImageFolderSource:
         """The file's own bytes when MindSpore's Decode reads the format; other formats PIL reads
         (WebP, GIF, ...) are stored as lossless PNG, so training never meets an undecodable image."""
         img = self.image(i)  # fail here, with the path, rather than at training time
-        if Image.open(self.samples[i][0]).format not in MINDSPORE_DECODES:
+        with Image.open(self.samples[i][0]) as f:
+            readable = f.format in MINDSPORE_DECODES
+        if not readable:
             return _png_bytes(np.asarray(img))
         with open(self.samples[i][0], "rb") as f:
             return f.read()

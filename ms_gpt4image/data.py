@@ -40,7 +40,7 @@ def _imagenet_ops(cfg: Dict, train: bool):
 
 def image_ops(cfg: Dict, train: bool):
     """The per-image ops from encoded bytes to a normalised CHW float32 array; the first op is
-    `vision.Decode`. Eval ops read only the preprocessing keys (MODEL_SPEC_KEYS in deploy.py), so
+    `vision.Decode`. Eval ops read only the preprocessing keys (PREPROCESS_KEYS in deploy.py), so
     evaluate, export and predict share them."""
     if cfg["transforms"] == "imagenet":
         return _imagenet_ops(cfg, train)

@@ -11,15 +11,15 @@ import mindspore as ms
 import mindspore.nn as nn
 
 from .checkpoint import load_backbone, save_deploy
-from .files import write_json_atomic
 from .data import create_dataset, load_manifest
 from .engine import evaluate, setup_context
+from .files import write_json_atomic
 from .models import create_backbone
 from .train import num_classes_of
 
 
 MODEL_SPEC_VERSION = 1
-# what image_ops(spec, train=False) reads: the eval preprocessing
+# the input the net expects and what image_ops(spec, train=False) reads to prepare it
 PREPROCESS_KEYS = ("transforms", "image_size", "in_channels", "mean", "std", "crop_pct", "interpolation")
 
 
