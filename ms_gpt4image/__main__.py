@@ -84,8 +84,9 @@ def main(argv=None):
 def _predict(a) -> int:
     """The table goes to stdout as it is produced; the summary (JSON) to stderr."""
     from .config import ConfigError, load_config
-    from .predict import load_model, output_format, run_predict
+    import signal
     import mindspore as ms
+    from .predict import load_model, output_format, run_predict
     try:
         cfg = load_config(a.config, a.set) if a.config else None
         if cfg is not None and cfg["data_dir"] is None:
@@ -95,10 +96,16 @@ def _predict(a) -> int:
         ms.set_context(mode=ms.GRAPH_MODE)
         ms.set_device(a.device)
         net, spec = load_model(a.model, cfg, a.weights)
+        # MindSpore turns Ctrl-C into SIGTERM, which would end the process without running cleanup;
+        # as an exception, it lets the temporary output be removed
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         result = run_predict(net, spec, a.paths, a.data_dir, a.topk, a.batch_size, a.out, a.skip_bad)
     except (ConfigError, ValueError, KeyError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing written" + (f" under {a.out}" if a.out else ""), file=sys.stderr)
+        return 130
     print(json.dumps(result, indent=2, ensure_ascii=False), file=sys.stderr)
     return 0
 

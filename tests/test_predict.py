@@ -5,12 +5,15 @@ import io
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from export.readers import FASHION_MNIST_CLASSES, IMG_EXTENSIONS, open_source
 
 
@@ -150,3 +153,23 @@ def test_image_extensions_match_the_offline_readers():
     value = next(ast.literal_eval(n.value) for n in ast.walk(ast.parse(src))
                  if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "IMG_EXTENSIONS")
     assert value == IMG_EXTENSIONS
+
+
+def test_interrupted_predict_leaves_nothing(trained, tmp_path):
+    """Ctrl-C (which MindSpore turns into SIGTERM) mid-run: exit 130, no output and no temporary file."""
+    data = io.BytesIO()
+    Image.new("RGB", (28, 28), (90, 90, 90)).save(data, format="PNG")
+    (tmp_path / "imgs").mkdir()
+    for i in range(3000):  # batch 1: about ten seconds of work
+        (tmp_path / "imgs" / f"{i:04d}.png").write_bytes(data.getvalue())
+    out = tmp_path / "preds.csv"
+    proc = subprocess.Popen([sys.executable, "-m", "ms_gpt4image", "predict", "--model", f"{trained['deploy']}.mindir",
+                             tmp_path / "imgs", "--out", out, "--batch-size", "1"], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, GLOG_v="3", PYTHONPATH=str(ROOT)))
+    for _ in range(5):  # the header, then predictions: the run is under way
+        proc.stdout.readline()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err[-2000:]
+    assert not out.exists() and not list(tmp_path.glob(".preds*"))
