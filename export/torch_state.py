@@ -2,14 +2,14 @@
 
 The PyTorch half of `python -m ms_gpt4image convert`, which maps the names onto MindSpore and runs
 in a process without torch. Accepts a bare state dict or a training checkpoint that holds one under
-`state_dict`, `model` or `model_ema` (choose with --key); strips DistributedDataParallel's `module.`.
+`state_dict`, `model`, `model_state` or `model_ema` (choose with --key); strips DistributedDataParallel's `module.`.
 """
 from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
 
-STATE_KEYS = ("state_dict", "model", "model_ema")
+STATE_KEYS = ("state_dict", "model", "model_state", "model_ema")  # model_state: official Hiera
 
 
 def load_state_dict(path, key: Optional[str] = None, unsafe_pickle: bool = False) -> Dict[str, np.ndarray]:

@@ -26,9 +26,13 @@ def main(argv=None):
     p = sub.add_parser("convert", help="PyTorch checkpoint (torchvision, timm, ConvNeXt, the authors') -> MindSpore")
     p.add_argument("--src", required=True, help=".pth / .pth.tar")
     p.add_argument("--format", required=True,
-                   help="torchvision-resnet | timm-deit | convnext | gpt4image-resnet | gpt4image-deit")
-    p.add_argument("--model", required=True, help="our backbone name, e.g. resnet50, deit_base, convnext_tiny")
-    p.add_argument("--image-size", type=int, default=224)
+                   help="torchvision-resnet | timm-deit | convnext | gpt4image-resnet | gpt4image-deit | hiera | hiera-hf")
+    p.add_argument("--model", required=True,
+                   help="our backbone name, e.g. resnet50, deit_base, convnext_tiny, hiera_base_224")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input size the position embeddings are for (default: config.json's for hiera-hf, else 224)")
+    p.add_argument("--model-kwargs", default=None, metavar="JSON",
+                   help='architecture overrides, as the config\'s model_kwargs, e.g. \'{"drop_path_rate": 0.1}\'')
     p.add_argument("--key", default=None, help="state_dict | model | model_ema (default: the first present)")
     p.add_argument("--unsafe-pickle", action="store_true", help="allow pickled objects (trusted files only)")
     p.add_argument("--out", required=True, help="output .ckpt")
@@ -55,7 +59,10 @@ def main(argv=None):
     if a.cmd == "convert":
         from .convert import run_convert
         try:
-            result = run_convert(a.src, a.format, a.model, a.out, a.image_size, a.key, a.unsafe_pickle)
+            kwargs = json.loads(a.model_kwargs) if a.model_kwargs else None
+            if kwargs is not None and not isinstance(kwargs, dict):
+                raise ValueError(f"--model-kwargs must be a JSON object, got {a.model_kwargs!r}")
+            result = run_convert(a.src, a.format, a.model, a.out, a.image_size, a.key, a.unsafe_pickle, kwargs)
         except (ValueError, KeyError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -52,6 +52,10 @@ DEFAULTS: Dict[str, Any] = {
     "nesterov": True,
     "weight_decay": 5e-4,
     "weight_decay_filter": "disable",  # mindcv: disable | auto (no decay on bias/norm/1-D) | norm_and_bias
+    # layer-wise lr decay (MAE/BEiT fine-tuning): layer i of L gets lr * layer_decay ** (L - i); stem 0,
+    # block i -> i + 1, head/final norm/projector last. None = off. Decay is then off for all 1-D params
+    # and the backbone's no_weight_decay() names (mindcv's param_groups_layer_decay)
+    "layer_decay": None,
     "scheduler": "cosine_decay",
     "min_lr": 0.0,
     "warmup_epochs": 1,
@@ -161,6 +165,11 @@ def validate(cfg: Dict) -> None:
         raise ConfigError("align.lambda must be >= 0")
     if cfg["batch_size"] < 2 and cfg["align"]["lambda"] > 0 and cfg["align"]["loss"] != "cosine":
         raise ConfigError("contrastive alignment needs batch_size >= 2")
+    if cfg["layer_decay"] is not None:
+        if not 0 < cfg["layer_decay"] <= 1:
+            raise ConfigError(f"layer_decay must be in (0, 1], got {cfg['layer_decay']!r}")
+        if cfg["weight_decay_filter"] == "auto":  # mindcv would silently skip the layer decay
+            raise ConfigError("layer_decay needs weight_decay_filter disable or norm_and_bias, not auto")
     for key in ("mean", "std"):
         if len(cfg[key]) != cfg["in_channels"]:
             raise ConfigError(f"{key} has {len(cfg[key])} values for in_channels={cfg['in_channels']}")

@@ -10,22 +10,31 @@ Formats (what produced the .pth):
   convnext            official ConvNeXt-T/S/B            -> convnext_tiny / _small / _base
   gpt4image-resnet    the authors' ResNet best_model.pth.tar ({'model': ...}: `model.*` + `proj_layer.*`)
   gpt4image-deit      the authors' DeiT checkpoint.pth   ({'model': ...}: timm names + `proj_layer.*`)
+  hiera               official facebookresearch/hiera     -> hiera_*_224 (fine-tuned, or MAE-pretrained: no head)
+  hiera-hf            transformers Hiera* (a save_pretrained folder, .safetensors or .bin)
+                      -> hiera_*_224; the folder's config.json gives the architecture
+A source without a classifier (MAE-pretrained Hiera, transformers HieraModel) gives a backbone checkpoint
+without `head.*` (and without `norm.*` when the source has no final norm): `pretrained_ckpt:` starts
+fine-tuning from it with a new head. Names a source has that the backbone does not use (the MAE
+decoder) are listed in the report as `ignored`.
 Plain backbones give a deployable checkpoint (backbone names); the gpt4image formats give a training
 checkpoint with `backbone.*` and `projector.*` (the projector for `align.projector: linear|mlp`).
 """
+import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import mindspore as ms
 
 from .gpt4image import Projector
 from .models import create_backbone
+from .models.hiera import hiera_kwargs_from_hf_config
 
 _BN = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
 _LN = {"weight": "gamma", "bias": "beta"}
@@ -90,6 +99,58 @@ def map_convnext(sd: Dict) -> Dict:
     return out
 
 
+# MAE-only parts of a pretraining checkpoint (official and transformers names): not part of the backbone
+_HIERA_MAE = re.compile(r"^(encoder_norm|mask_token|decoder|multi_scale_fusion_heads|multiscale_fusion)")
+
+
+def map_hiera(sd: Dict) -> Dict:
+    """Official facebookresearch/hiera names -> ours (LayerNorm leaves gamma/beta, head.projection -> head)."""
+    out = {}
+    for name, v in sd.items():
+        if _HIERA_MAE.match(name):
+            continue
+        m = re.match(r"(blocks\.\d+\.norm[12]|norm)\.(weight|bias)$", name)
+        if m:
+            out[_norm(m[1], m[2], _LN)] = v
+        elif name.startswith("head.projection."):
+            out["head." + name.split(".")[-1]] = v
+        else:
+            out[name] = v  # patch_embed.proj.*, pos_embed, blocks.N.{attn,mlp,proj}.*; unknown ones are reported
+    return out
+
+
+_HF_HIERA = [(r"embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+             (r"embeddings\.position_embeddings$", "pos_embed"),
+             (r"pooler\.layernorm\.", "norm."), (r"classifier\.", "head.")]
+
+
+def map_hiera_hf(sd: Dict) -> Dict:
+    """transformers Hiera names (HieraModel, HieraForImageClassification or HieraForPreTraining) -> ours:
+    stage s, layer j -> block sum(depths[:s]) + j, with the depths read off the names."""
+    sd = {k[len("hiera."):] if k.startswith("hiera.") else k: v for k, v in sd.items()}
+    depths: Dict[int, int] = {}
+    for name in sd:
+        m = re.match(r"encoder\.stages\.(\d+)\.layers\.(\d+)\.", name)
+        if m:
+            depths[int(m[1])] = max(depths.get(int(m[1]), 0), int(m[2]) + 1)
+    first = {s: sum(depths.get(i, 0) for i in range(s)) for s in depths}
+    out = {}
+    for name, v in sd.items():
+        if _HIERA_MAE.match(name):
+            continue
+        m = re.match(r"encoder\.stages\.(\d+)\.layers\.(\d+)\.(.+)$", name)
+        if m:
+            rest = m[3].replace("layernorm_before", "norm1").replace("layernorm_after", "norm2")
+            new = f"blocks.{first[int(m[1])] + int(m[2])}.{rest}"
+        else:
+            new = name
+            for pattern, repl in _HF_HIERA:
+                new = re.sub("^" + pattern, repl, new)
+        leaf = re.match(r"(.*norm[12]?)\.(weight|bias)$", new)
+        out[_norm(leaf[1], leaf[2], _LN) if leaf else new] = v
+    return out
+
+
 def _split_projector(sd: Dict) -> Tuple[Dict, Dict]:
     proj = {k[len("proj_layer."):]: v for k, v in sd.items() if k.startswith("proj_layer.")}
     rest = {k: v for k, v in sd.items() if not k.startswith("proj_layer.")}
@@ -113,14 +174,16 @@ def map_projector(proj: Dict) -> Tuple[Dict, Dict]:
 
 FORMATS: Dict[str, Callable] = {"torchvision-resnet": map_torchvision_resnet, "timm-deit": map_timm_vit,
                                 "convnext": map_convnext, "gpt4image-resnet": map_torchvision_resnet,
-                                "gpt4image-deit": map_timm_vit}
+                                "gpt4image-deit": map_timm_vit, "hiera": map_hiera, "hiera-hf": map_hiera_hf}
+# names a headless source (MAE-pretrained, HieraModel) may lack: fine-tuning initialises them
+_HEAD_NAMES = re.compile(r"^(head|norm)\.")
 
 
-def _num_classes(mapped: Dict) -> int:
+def _num_classes(mapped: Dict) -> Optional[int]:
     for name in ("model.classifier.weight", "head.weight"):
         if name in mapped:
             return int(mapped[name].shape[0])
-    raise KeyError("no classifier weight (fc / head) in the checkpoint")
+    return None
 
 
 def read_torch_checkpoint(src, key=None, unsafe_pickle=False) -> Dict[str, np.ndarray]:
@@ -138,23 +201,66 @@ def read_torch_checkpoint(src, key=None, unsafe_pickle=False) -> Dict[str, np.nd
             return {k: data[k] for k in data.files}
 
 
-def _check_and_fill(net, mapped: Dict, what: str) -> None:
+def read_hf_checkpoint(src) -> Tuple[Dict[str, np.ndarray], Dict]:
+    """A transformers checkpoint: a save_pretrained folder (config.json + model.safetensors, sharded or
+    not, or pytorch_model.bin) or a single .safetensors / .bin file. Returns (state dict, config or {})."""
+    from safetensors.numpy import load_file
+    src = Path(src)
+    if not src.exists():
+        raise FileNotFoundError(f"checkpoint not found: {src}")
+    config = {}
+    if src.is_dir():
+        if (src / "config.json").exists():
+            config = json.loads((src / "config.json").read_text())
+        index = src / "model.safetensors.index.json"
+        if index.exists():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            return {k: v for shard in shards for k, v in load_file(str(src / shard)).items()}, config
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            if (src / name).exists():
+                src = src / name
+                break
+        else:
+            raise FileNotFoundError(f"{src}: no model.safetensors or pytorch_model.bin in the folder")
+    if src.suffix == ".safetensors":
+        return {k: v.astype(np.float32) for k, v in load_file(str(src)).items()}, config
+    return read_torch_checkpoint(src), config
+
+
+def _check_and_fill(net, mapped: Dict, what: str, may_miss=None) -> list:
+    """Fills every backbone parameter from `mapped`; names matching `may_miss` may be absent (returned)."""
     own = {p.name: p for p in net.get_parameters()}
     missing = sorted(set(own) - set(mapped))
     unexpected = sorted(set(mapped) - set(own))
+    allowed = [n for n in missing if may_miss is not None and may_miss.match(n)]
+    missing = [n for n in missing if n not in allowed]
     if missing or unexpected:
         raise ValueError(f"{what}: checkpoint does not fit: missing {missing[:5]} ({len(missing)}), "
                          f"unexpected {unexpected[:5]} ({len(unexpected)})")
     for name, p in own.items():
+        if name in allowed:
+            continue
         if tuple(mapped[name].shape) != tuple(p.shape):
             raise ValueError(f"{what}: {name} has shape {mapped[name].shape}, the network wants {tuple(p.shape)}")
         p.set_data(ms.Tensor(mapped[name].astype(np.float32)))
+    return allowed
 
 
-def run_convert(src, fmt: str, model: str, out, image_size: int = 224, key=None, unsafe_pickle=False) -> Dict:
+def run_convert(src, fmt: str, model: str, out, image_size: Optional[int] = None, key=None, unsafe_pickle=False,
+                model_kwargs: Optional[Dict] = None) -> Dict:
     if fmt not in FORMATS:
         raise KeyError(f"unknown format {fmt!r}; choose one of {sorted(FORMATS)}")
-    sd = read_torch_checkpoint(src, key, unsafe_pickle)
+    kwargs = {"torch_maxpool": True} if "resnet" in fmt else {}
+    if fmt == "hiera-hf":
+        sd, hf_config = read_hf_checkpoint(src)
+        if hf_config:  # the architecture as the folder's config.json states it
+            arch, hf_size = hiera_kwargs_from_hf_config(hf_config, model)
+            kwargs.update(arch)
+            image_size = image_size or hf_size
+    else:
+        sd = read_torch_checkpoint(src, key, unsafe_pickle)
+    kwargs.update(model_kwargs or {})
+    image_size = image_size or 224
     projector = None
     if fmt.startswith("gpt4image"):
         sd, proj = _split_projector(sd)
@@ -163,12 +269,23 @@ def run_convert(src, fmt: str, model: str, out, image_size: int = 224, key=None,
         if proj:
             projector = map_projector(proj)
     mapped = FORMATS[fmt](sd)
-    kwargs = {"torch_maxpool": True} if "resnet" in fmt else {}
-    net = create_backbone(model, num_classes=_num_classes(mapped), image_size=image_size, **kwargs)
-    _check_and_fill(net, mapped, f"{src} -> {model}")
-    entries = [{"name": p.name, "data": p} for p in net.get_parameters()]
-    report = {"src": str(src), "format": fmt, "model": model, "num_classes": _num_classes(mapped),
+    ignored = sorted(k for k in sd if fmt.startswith("hiera") and _HIERA_MAE.match(k.removeprefix("hiera.")))
+    num_classes = _num_classes(mapped)
+    headless = num_classes is None and fmt.startswith("hiera")
+    if num_classes is None and not headless:
+        raise KeyError(f"{src}: no classifier weight (fc / head) in the checkpoint")
+    try:
+        net = create_backbone(model, num_classes=num_classes or 1000, image_size=image_size, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"--model {model}: {e}") from None
+    left_out = _check_and_fill(net, mapped, f"{src} -> {model}", _HEAD_NAMES if headless else None)
+    entries = [{"name": p.name, "data": p} for p in net.get_parameters() if p.name not in left_out]
+    report = {"src": str(src), "format": fmt, "model": model, "num_classes": num_classes, "image_size": image_size,
               "model_kwargs": kwargs, "tensors": len(entries), "out": str(out)}
+    if headless:  # MAE-pretrained or HieraModel: fine-tuning adds the head
+        report["missing"] = left_out
+        report["ignored"] = {p: sum(k.split(".")[0] == p for k in ignored)  # MAE parts, per top-level name
+                             for p in sorted({k.split(".")[0] for k in ignored})}
     if projector is not None:
         weights, args = projector
         proj_net = Projector(args["in_dim"], args["out_dim"], args["kind"], args["mlp_bn"])

@@ -3,6 +3,8 @@ import mindspore.nn as nn
 from mindspore import Tensor
 from mindspore.common.initializer import TruncatedNormal, initializer
 
+from .models.layer_ids import LAST
+
 PROJECTORS = ("linear", "mlp")
 
 
@@ -54,6 +56,12 @@ class GPT4ImageNet(nn.Cell):
         """Names excluded from weight decay by mindcv's `norm_and_bias` filter (ViT: pos_embed, cls_token)."""
         names = self.backbone.no_weight_decay() if hasattr(self.backbone, "no_weight_decay") else ()
         return {f"backbone.{n}" for n in names}
+
+    def group_matcher(self, coarse: bool = False):
+        """Layer ordinals for mindcv's layer-wise lr decay: the backbone's (models/layer_ids.py); the
+        projector is new, like the head, so it is in the last layer (full rate)."""
+        inner = self.backbone.group_matcher(coarse)
+        return lambda name: inner(name[len("backbone."):]) if name.startswith("backbone.") else LAST
 
     def deploy_net(self) -> nn.Cell:
         return self.backbone

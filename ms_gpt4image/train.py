@@ -59,14 +59,23 @@ def build_training(cfg: Dict, steps_per_epoch: int, manifest: Dict, world: World
     lr = create_scheduler(steps_per_epoch, scheduler=cfg["scheduler"], lr=scaled_lr(cfg, world), min_lr=cfg["min_lr"],
                           warmup_epochs=cfg["warmup_epochs"], warmup_factor=cfg["warmup_factor"],
                           decay_epochs=cfg["epoch_size"] - cfg["warmup_epochs"], num_epochs=cfg["epoch_size"])
-    opt = create_optimizer(net, opt=cfg["opt"], lr=lr, weight_decay=cfg["weight_decay"],
-                           momentum=cfg["momentum"], nesterov=cfg["nesterov"],
-                           weight_decay_filter=cfg["weight_decay_filter"])
+    opt = build_optimizer(cfg, net, lr)
     if cfg["amp_level"] != "O0":
         ms.amp.auto_mixed_precision(net, cfg["amp_level"])
     step = TrainStep(NetWithLoss(net, loss), opt, loss_scale_sense(cfg), ema_decay=cfg["ema_decay"] if cfg["ema"] else 0.0,
                      clip_grad_norm=cfg["clip_grad_norm"], ema_warmup=cfg["ema_warmup"])
     return net, step, lr
+
+
+def build_optimizer(cfg: Dict, net, lr):
+    """mindcv's optimizer; with `layer_decay`, mindcv's layer-wise lr decay groups, layered by the
+    backbone's `group_matcher` (models/layer_ids.py)."""
+    if cfg["layer_decay"] is not None and not hasattr(net.backbone, "group_matcher"):
+        raise ValueError(f"layer_decay: backbone {cfg['model']} has no layer ids (group_matcher); "
+                         f"set layer_decay: null")
+    return create_optimizer(net, opt=cfg["opt"], lr=lr, weight_decay=cfg["weight_decay"], momentum=cfg["momentum"],
+                            nesterov=cfg["nesterov"], weight_decay_filter=cfg["weight_decay_filter"],
+                            layer_decay=cfg["layer_decay"])
 
 
 def loss_scale_sense(cfg: Dict):

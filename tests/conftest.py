@@ -14,15 +14,33 @@ sys.path.insert(0, str(ROOT))
 
 
 
-def run_cli(*args, check=True, timeout=900):
-    """Runs `python -m ...` in its own process (torch and mindspore never share one)."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GLOG_v="3", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+CLI_ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GLOG_v="3", PYTHONPATH=str(ROOT))
+
+
+def _checked(args, proc, check):
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\n"
                              f"stderr:\n{proc.stderr[-6000:]}")
     return proc
+
+
+def run_cli(*args, check=True, timeout=900):
+    """Runs `python -m ...` in its own process (torch and mindspore never share one)."""
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=CLI_ENV, capture_output=True, text=True,
+                          timeout=timeout)
+    return _checked(args, proc, check)
+
+
+def run_cli_concurrently(*commands, timeout=900):
+    """Runs several commands (argument tuples) at once, one process each (graph compilation is mostly
+    single-threaded, so two processes use both cores); returns their CompletedProcess objects."""
+    procs = [subprocess.Popen([sys.executable, *map(str, args)], cwd=ROOT, env=CLI_ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for args in commands]
+    done = []
+    for args, proc in zip(commands, procs):
+        out, err = proc.communicate(timeout=timeout)
+        done.append(_checked(args, subprocess.CompletedProcess(args, proc.returncode, out, err), True))
+    return done
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

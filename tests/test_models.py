@@ -5,10 +5,10 @@ import pytest
 import mindspore as ms
 
 from ms_gpt4image.gpt4image import GPT4ImageNet, Projector
+from graph_step import SMALL_KWARGS
 from ms_gpt4image.models import create_backbone, list_backbones
 
 ms.set_context(mode=ms.PYNATIVE_MODE)
-TINY_KWARGS = {"resnet18_cifar": {"width": 8}}
 # published parameter counts (millions) at 1000 classes, 224 px: torchvision / DeiT / ConvNeXt papers
 PUBLISHED_M = {"resnet18": 11.7, "resnet50": 25.6, "deit_small": 22.1, "deit_base": 86.6,
                "convnext_tiny": 28.6, "convnext_small": 50.2, "convnext_base": 88.6,
@@ -17,7 +17,7 @@ PUBLISHED_M = {"resnet18": 11.7, "resnet50": 25.6, "deit_small": 22.1, "deit_bas
 
 @pytest.mark.parametrize("name", list_backbones())
 def test_every_backbone_gives_feature_and_logits(name):
-    net = create_backbone(name, num_classes=7, image_size=32, **TINY_KWARGS.get(name, {}))
+    net = create_backbone(name, num_classes=7, image_size=32, **SMALL_KWARGS.get(name, {}))
     net.set_train(False)
     x = ms.Tensor(np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32))
     f = net.forward_features(x)
@@ -31,6 +31,27 @@ def test_parameter_counts_match_published(name):
     num_classes = 10 if name == "resnet18_cifar" else 1000
     n = sum(p.size for p in create_backbone(name, num_classes=num_classes).trainable_params()) / 1e6
     assert round(n, 1) == PUBLISHED_M[name], f"{name}: {n:.3f}M"
+
+
+# Hiera paper Table 2 / the official model zoo, at 1000 classes and 224 px
+HIERA_PUBLISHED_M = {"hiera_tiny_224": 27.91, "hiera_small_224": 35.01, "hiera_base_224": 51.52,
+                     "hiera_base_plus_224": 69.90, "hiera_large_224": 213.74, "hiera_huge_224": 672.78}
+
+
+@pytest.mark.parametrize("name", sorted(HIERA_PUBLISHED_M))
+def test_hiera_parameter_counts_match_published(name):
+    """Built without allocating the weights (no_init_parameters keeps them lazy): Hiera-H has 673M."""
+    from mindspore.nn.utils import no_init_parameters
+    with no_init_parameters():
+        net = create_backbone(name, num_classes=1000)
+    assert all(p.has_init for p in net.trainable_params())  # nothing was allocated
+    n = sum(p.size for p in net.trainable_params()) / 1e6
+    assert round(n, 2) == HIERA_PUBLISHED_M[name], f"{name}: {n:.4f}M"
+
+
+def test_hiera_refuses_sizes_it_cannot_tile():
+    with pytest.raises(ValueError, match="multiple of 32"):
+        create_backbone("hiera_tiny_224", num_classes=10, image_size=40)
 
 
 def test_unknown_backbone_names_the_choices():
@@ -88,15 +109,18 @@ def test_init_from_a_mindcv_imagenet_checkpoint(tmp_path):
         load_backbone(create_backbone("resnet18", num_classes=10), tmp_path / "plain.ckpt", strict=True)
 
 
-def test_every_backbone_trains_one_step_in_graph_mode():
-    """In its own process: graph mode for the whole run, separate from this file's PyNative tests."""
+def test_every_backbone_trains_one_step_in_graph_mode_and_exports_mindir():
+    """In their own processes (two at once, half the backbones each): graph mode for the whole run,
+    separate from this file's PyNative tests."""
     import json
-    from conftest import ROOT, run_cli
-    out = run_cli(ROOT / "tests" / "graph_step.py").stdout
-    rows = {r["backbone"]: r for r in map(json.loads, out.strip().splitlines())}
-    assert sorted(rows) == list_backbones()
+    from conftest import ROOT, run_cli_concurrently
+    names = list_backbones()
+    procs = run_cli_concurrently(*[(ROOT / "tests" / "graph_step.py", *names[i::2]) for i in range(2)])
+    rows = {r["backbone"]: r for p in procs for r in map(json.loads, p.stdout.strip().splitlines())}
+    assert sorted(rows) == names
     for name, r in rows.items():
         assert all(np.isfinite(r["losses"])), name
+        assert r["mindir_max_abs_diff"] < 1e-5, (name, r["mindir_max_abs_diff"])  # the reloaded MindIR
         # the first and last layers and the projector moved; ConvNeXt's layer scale (1e-6 at init) makes
         # some block updates too small to show in float32, hence "most", not "all", of the rest
         for must in (r["params"][0], r["params"][-1]):

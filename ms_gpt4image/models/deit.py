@@ -9,6 +9,7 @@ import mindspore.nn as nn
 from mindspore import Tensor
 from mindcv.models.vit import VisionTransformer
 
+from .layer_ids import block_ordinals
 from .registry import register_backbone
 
 
@@ -30,6 +31,10 @@ class DeiT(VisionTransformer):
 
     def construct(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def group_matcher(self, coarse: bool = False):
+        """Layer ordinals for layer-wise lr decay (layer_ids.py)."""
+        return block_ordinals(r"^(cls_token|pos_embed|patch_embed)", r"^blocks\.(\d+)\.")
 
 
 @register_backbone
