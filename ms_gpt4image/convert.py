@@ -274,10 +274,7 @@ def run_convert(src, fmt: str, model: str, out, image_size: Optional[int] = None
     headless = num_classes is None and fmt.startswith("hiera")
     if num_classes is None and not headless:
         raise KeyError(f"{src}: no classifier weight (fc / head) in the checkpoint")
-    try:
-        net = create_backbone(model, num_classes=num_classes or 1000, image_size=image_size, **kwargs)
-    except TypeError as e:
-        raise ValueError(f"--model {model}: {e}") from None
+    net = create_backbone(model, num_classes=num_classes or 1000, image_size=image_size, **kwargs)
     left_out = _check_and_fill(net, mapped, f"{src} -> {model}", _HEAD_NAMES if headless else None)
     entries = [{"name": p.name, "data": p} for p in net.get_parameters() if p.name not in left_out]
     report = {"src": str(src), "format": fmt, "model": model, "num_classes": num_classes, "image_size": image_size,

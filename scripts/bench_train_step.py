@@ -5,11 +5,16 @@
 2. Train-step images/s for each backbone (--models, default resnet18_cifar; `all` = every registered
    one) with lambda = 0 and lambda = 0.3, measured alternately in one process (median of N steps
    each), so the ratio is the cost of the alignment branch.
+3. --torch: the same step of the transformers port in PyTorch (scripts/bench_torch_step.py, its own
+   process) at the same input size and batch, run right after; the ratio MindSpore / PyTorch is the
+   framework cost on this machine (Hiera only: the reference exists for hiera_tiny/small/base_224).
 """
 import argparse
 import json
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -61,6 +66,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--size", type=int, default=28)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--torch", action="store_true", help="also time the PyTorch (transformers) step of each model")
     ap.add_argument("--conv-limit", type=float, default=0.5, help="seconds; above this the run fails")
     a = ap.parse_args(argv)
     sys.path.insert(0, ".")
@@ -75,12 +81,21 @@ def main(argv=None):
     from ms_gpt4image.models import list_backbones
     names = list_backbones() if a.models == "all" else a.models.split(",")
     rows = [bench_model(name, a, GPT4ImageNet, GPT4ImageLoss, NetWithLoss, TrainStep, create_backbone) for name in names]
+    if a.torch:
+        for r in rows:
+            cmd = [sys.executable, str(Path(__file__).with_name("bench_torch_step.py")), "--model", r["model"],
+                   "--size", str(a.size), "--batch", str(a.batch), "--steps", str(a.steps)]
+            ref = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+            r["torch_images_per_s"] = ref["images_per_s"]
+            r["mindspore_over_torch"] = round(r["images_per_s_lambda0"] / ref["images_per_s"], 3)
     result = {"mindspore": ms.__version__, "conv3x3_64x16x64x64_s": round(conv, 4), "batch": a.batch,
               "input": a.size, "steps": a.steps, "models": rows}
     print(json.dumps(result, indent=2))
-    print("| backbone | images/s, lambda 0 | images/s, lambda 0.3 | ratio |\n|---|---|---|---|")
+    print("| backbone | images/s, lambda 0 | images/s, lambda 0.3 | ratio | PyTorch images/s | MindSpore / PyTorch |\n"
+          "|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['images_per_s_lambda0']} | {r['images_per_s_lambda0.3']} | {r['alignment_cost_ratio']} |")
+        print(f"| {r['model']} | {r['images_per_s_lambda0']} | {r['images_per_s_lambda0.3']} | {r['alignment_cost_ratio']} "
+              f"| {r.get('torch_images_per_s', '')} | {r.get('mindspore_over_torch', '')} |")
     if conv > a.conv_limit:
         print(f"FAIL: conv took {conv:.3f} s > {a.conv_limit} s: is mindspore >= 2.9 installed?", file=sys.stderr)
         return 1

@@ -2,18 +2,27 @@
 # End-to-end GPT4Image demo on Fashion-MNIST:
 #   describe (template) -> embed (all-MiniLM-L6-v2) -> inspect -> pack MindRecord -> verify
 #   -> train baseline (lambda 0) and GPT4Image (lambda 0.3) -> evaluate -> export MindIR -> report.
-# Usage: scripts/demo.sh [--quick]     (run from the repository root; `make demo` calls it)
+# Usage: scripts/demo.sh [--quick] [--hiera]   (run from the repository root; `make demo` calls it)
+#   --hiera trains Hiera-T (configs/demo_fmnist_hiera*.yaml) instead of the width-16 ResNet-18
 # Re-running resumes: finished descriptions and finished training epochs are kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-QUICK=0
-[[ "${1:-}" == "--quick" ]] && QUICK=1
+QUICK=0; MODEL=""
+for arg in "$@"; do
+  case $arg in
+    --quick) QUICK=1 ;;
+    --hiera) MODEL=_hiera ;;
+    *) echo "usage: scripts/demo.sh [--quick] [--hiera]" >&2; exit 2 ;;
+  esac
+done
 if (( QUICK )); then
   DIR=runs/demo-quick; TRAIN_N=3000; EVAL_N=2000; EPOCHS=5
 else
   DIR=runs/demo; TRAIN_N=30000; EVAL_N=10000; EPOCHS=8
 fi
+DIR=$DIR${MODEL//_/-}
+CONFIG=configs/demo_fmnist$MODEL.yaml
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GLOG_v=3
 mkdir -p "$DIR"
 step() { echo; echo "=== $* ==="; }
@@ -32,7 +41,7 @@ step "verify"
 $PY -m export verify "$DIR/data"
 
 for ARM in baseline gpt4image; do
-  CFG=configs/demo_fmnist.yaml; [[ $ARM == baseline ]] && CFG=configs/demo_fmnist_baseline.yaml
+  CFG=$CONFIG; [[ $ARM == baseline ]] && CFG=${CONFIG%.yaml}_baseline.yaml
   SET=(--set "data_dir=$DIR/data" --set "output_dir=$DIR/$ARM" --set "epoch_size=$EPOCHS")
   step "train $ARM ($CFG)"
   $PY -m ms_gpt4image train -c "$CFG" "${SET[@]}" --resume
@@ -42,7 +51,7 @@ for ARM in baseline gpt4image; do
 done
 
 step "export the deployable GPT4Image net (backbone + classifier, no projector) to MindIR"
-$PY -m ms_gpt4image export -c configs/demo_fmnist.yaml --set "data_dir=$DIR/data" --set "output_dir=$DIR/gpt4image" \
+$PY -m ms_gpt4image export -c "$CONFIG" --set "data_dir=$DIR/data" --set "output_dir=$DIR/gpt4image" \
   --ckpt "$DIR/gpt4image/last.ckpt" --out "$DIR/deploy/gpt4image"
 
 step "report"

@@ -18,7 +18,7 @@ def test_shipped_configs_parse(path):
 
 def _structure(cfg):
     """What changes the built graph or pipeline (not lambda or tau values, paths, or drop-path rates)."""
-    keys = ("model", "transforms", "opt", "ema", "loss_scale_type", "auto_augment", "weight_decay_filter")
+    keys = ("model", "transforms", "opt", "ema", "loss_scale_type", "auto_augment", "weight_decay_filter", "layer_decay")
     return tuple(str(cfg[k]) for k in keys) + (cfg["mixup"] > 0, cfg["align"]["loss"], cfg["align"]["projector"],
                                               cfg["align"]["mlp_bn"])
 

@@ -149,14 +149,20 @@ class Hiera(nn.Cell):
         self.head = nn.Dense(dim, num_classes)
         self._init_weights(head_init_scale)
 
-    def _init_weights(self, head_init_scale: float) -> None:
-        for _, cell in self.cells_and_names():  # official: trunc-normal(0.02) weights, zero biases
+    def _init_weights(self, head_init_scale: float, init_bias: float = 0.02) -> None:
+        """As the official code: trunc-normal(0.02) weights, Linear and LayerNorm biases 0.02, the head
+        scaled by head_init_scale (small logits at the start of fine-tuning)."""
+        for _, cell in self.cells_and_names():
             if isinstance(cell, (nn.Dense, nn.Conv2d)):
                 cell.weight.set_data(init.initializer(init.TruncatedNormal(0.02), cell.weight.shape, ms.float32))
-                cell.bias.set_data(init.initializer(init.Zero(), cell.bias.shape, ms.float32))
-        # a small head at init (official head_init_scale), as in fine-tuning from MAE
+                bias = init_bias if isinstance(cell, nn.Dense) else 0.0
+                cell.bias.set_data(init.initializer(init.Constant(bias), cell.bias.shape, ms.float32))
+            elif isinstance(cell, nn.LayerNorm):
+                cell.beta.set_data(init.initializer(init.Constant(init_bias), cell.beta.shape, ms.float32))
         self.head.weight.set_data(init.initializer(init.TruncatedNormal(0.02 * head_init_scale),
                                                    self.head.weight.shape, ms.float32))
+        self.head.bias.set_data(init.initializer(init.Constant(init_bias * head_init_scale), self.head.bias.shape,
+                                                 ms.float32))
 
     def unroll(self, x: Tensor) -> Tensor:
         """[B, H*W, C] in raster order -> the same tokens ordered so that each q-pool stride's sub-grid

@@ -31,4 +31,7 @@ def create_backbone(name: str, num_classes: int, image_size: int = None, **kwarg
     fn = _BACKBONES[name]
     if image_size is not None and "image_size" in inspect.signature(fn).parameters:
         kwargs["image_size"] = image_size
-    return fn(num_classes=num_classes, **kwargs)
+    try:
+        return fn(num_classes=num_classes, **kwargs)
+    except TypeError as e:  # a model_kwargs key this backbone does not take
+        raise ValueError(f"backbone {name!r}: {e}; check model_kwargs") from None
