@@ -201,10 +201,18 @@ def read_torch_checkpoint(src, key=None, unsafe_pickle=False) -> Dict[str, np.nd
             return {k: data[k] for k in data.files}
 
 
+def _load_safetensors(path: Path) -> Dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+    try:
+        return {k: v.astype(np.float32) for k, v in load_file(str(path)).items()}
+    except Exception as e:  # not safetensors, truncated, or a dtype NumPy lacks (bfloat16)
+        raise ValueError(f"{path}: cannot read as safetensors ({str(e)[:200]}); bfloat16 files: save them in float32, "
+                         f"or pass the pytorch_model.bin") from None
+
+
 def read_hf_checkpoint(src) -> Tuple[Dict[str, np.ndarray], Dict]:
     """A transformers checkpoint: a save_pretrained folder (config.json + model.safetensors, sharded or
     not, or pytorch_model.bin) or a single .safetensors / .bin file. Returns (state dict, config or {})."""
-    from safetensors.numpy import load_file
     src = Path(src)
     if not src.exists():
         raise FileNotFoundError(f"checkpoint not found: {src}")
@@ -215,7 +223,7 @@ def read_hf_checkpoint(src) -> Tuple[Dict[str, np.ndarray], Dict]:
         index = src / "model.safetensors.index.json"
         if index.exists():
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            return {k: v for shard in shards for k, v in load_file(str(src / shard)).items()}, config
+            return {k: v for shard in shards for k, v in _load_safetensors(src / shard).items()}, config
         for name in ("model.safetensors", "pytorch_model.bin"):
             if (src / name).exists():
                 src = src / name
@@ -223,7 +231,7 @@ def read_hf_checkpoint(src) -> Tuple[Dict[str, np.ndarray], Dict]:
         else:
             raise FileNotFoundError(f"{src}: no model.safetensors or pytorch_model.bin in the folder")
     if src.suffix == ".safetensors":
-        return {k: v.astype(np.float32) for k, v in load_file(str(src)).items()}, config
+        return _load_safetensors(src), config
     return read_torch_checkpoint(src), config
 
 

@@ -238,6 +238,8 @@ _VARIANTS = {  # embed dim, initial heads, blocks per stage (Hiera paper Table 2
 def hiera_kwargs_from_hf_config(config: Dict, model: str) -> Tuple[Dict, int]:
     """A transformers HieraConfig (config.json) -> (the kwargs where it differs from `model`'s
     architecture, the image size); refuses what our Hiera cannot express."""
+    if config.get("model_type", "hiera") != "hiera":
+        raise ValueError(f"config.json is for model_type {config['model_type']!r}, not a transformers Hiera")
     heads = list(config.get("num_heads", (1, 2, 4, 8)))
     size = config.get("image_size", (224, 224))
     size = size if isinstance(size, int) else list(size)
