@@ -1,6 +1,7 @@
 """Run configuration: YAML files over defaults, close to mindcv's keys plus an `align` block.
 
-* `base: other.yaml` inherits another config (path relative to the file), keys here override it.
+* `base: other.yaml` inherits another config (path relative to the file), keys here override it
+  (mappings are merged key by key, except `model_kwargs`, which is replaced as a whole).
 * Unknown keys are an error that names the key, so a typo never silently falls back to a default.
 * `overrides` ("align.lambda=0", "epoch_size=2") are applied last; values are parsed as YAML.
 """
@@ -124,7 +125,9 @@ def _load_file(path: Path, seen=()) -> Dict:
 def _deep_update(a: Dict, b: Dict) -> Dict:
     out = copy.deepcopy(a)
     for k, v in b.items():
-        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        # model_kwargs belong to one model: a config that sets them replaces its base's (as --set does)
+        merge = isinstance(v, dict) and isinstance(out.get(k), dict) and k != "model_kwargs"
+        out[k] = _deep_update(out[k], v) if merge else v
     return out
 
 

@@ -31,7 +31,9 @@ def build_backbone(cfg: Dict, num_classes: int):
                                image_size=cfg["image_size"], **cfg["model_kwargs"])
     if cfg["pretrained_ckpt"]:
         report = load_backbone(backbone, cfg["pretrained_ckpt"], strict=False)
-        print(f"initialised from {cfg['pretrained_ckpt']}: {json.dumps(report)[:500]}")
+        # what was not loaded (a new head, an MAE decoder): up to 20 names per kind, and how many in all
+        shown = {k: v[:20] + ([f"... {len(v) - 20} more"] if len(v) > 20 else []) for k, v in report.items()}
+        print(f"initialised from {cfg['pretrained_ckpt']}: {json.dumps(shown)}")
     return backbone
 
 

@@ -41,3 +41,15 @@ def test_every_shipped_config_builds_and_steps(path, packed):
     cfg = load_config(str(path))
     mixing = cfg["mixup"] > 0 or cfg["cutmix"] > 0
     assert r["label_shape"] == ([4, 10] if mixing else [4])  # soft targets under mixup/cutmix
+
+
+def test_base_merges_mappings_but_replaces_model_kwargs(tmp_path):
+    """A config for another model must not inherit its base's model_kwargs (a ResNet `width` would reach
+    Hiera); the align block is still merged key by key."""
+    (tmp_path / "base.yaml").write_text("model: resnet18_cifar\nmodel_kwargs: {width: 16}\nalign: {lambda: 0.5, tau: 0.2}\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nmodel: hiera_tiny_224\nmodel_kwargs: {drop_path_rate: 0.1}\n"
+                                         "align: {lambda: 0.0}\n")
+    cfg = load_config(str(tmp_path / "child.yaml"))
+    assert cfg["model_kwargs"] == {"drop_path_rate": 0.1}
+    assert cfg["align"]["lambda"] == 0.0 and cfg["align"]["tau"] == 0.2
+    assert load_config(str(tmp_path / "base.yaml"), ["model_kwargs={depth: 1}"])["model_kwargs"] == {"depth": 1}
