@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data demo demo-quick test test-all bench clean
+.PHONY: setup data demo demo-quick demo-hiera test test-all bench clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ demo: setup data
 
 demo-quick: setup data
 	scripts/demo.sh --quick
+
+# the quick demo on Hiera-T instead of the ResNet (~8 minutes here)
+demo-hiera: setup data
+	scripts/demo.sh --quick --hiera
 
 # fast tests (the CI default); `make test-all` adds the ones marked slow
 test: setup
