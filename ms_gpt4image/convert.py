@@ -34,7 +34,7 @@ import mindspore as ms
 
 from .gpt4image import Projector
 from .models import create_backbone
-from .models.hiera import hiera_kwargs_from_hf_config
+from .models.hiera import architecture as hiera_architecture
 
 _BN = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
 _LN = {"weight": "gamma", "bias": "beta"}
@@ -122,6 +122,40 @@ def map_hiera(sd: Dict) -> Dict:
 _HF_HIERA = [(r"embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
              (r"embeddings\.position_embeddings$", "pos_embed"),
              (r"pooler\.layernorm\.", "norm."), (r"classifier\.", "head.")]
+
+
+def hiera_kwargs_from_hf_config(config: Dict, model: str) -> Tuple[Dict, int]:
+    """A transformers HieraConfig (config.json) -> (the kwargs where it differs from `model`'s
+    architecture, the image size); refuses what our Hiera cannot express."""
+    if config.get("model_type", "hiera") != "hiera":
+        raise ValueError(f"config.json is for model_type {config['model_type']!r}, not a transformers Hiera")
+    heads = list(config.get("num_heads", (1, 2, 4, 8)))
+    size = config.get("image_size", (224, 224))
+    size = size if isinstance(size, int) else list(size)
+    eps = config.get("layer_norm_eps", 1e-6)
+    head_mul = heads[1] / heads[0] if len(heads) > 1 else 2.0
+    if any(heads[i] != int(heads[0] * head_mul ** i) for i in range(len(heads))) or \
+            (isinstance(size, list) and size[0] != size[1]) or abs(eps - 1e-6) > 1e-12 or \
+            config.get("hidden_act", "gelu") != "gelu" or config.get("num_channels", 3) != 3:
+        raise ValueError(f"transformers Hiera config not supported (geometric heads, square input, LayerNorm eps "
+                         f"1e-6, exact GELU, 3 channels): num_heads {heads}, image_size {size}, eps {eps}")
+    arch = {"embed_dim": config.get("embed_dim", 96), "num_heads": heads[0], "head_mul": head_mul,
+            "stages": tuple(config.get("depths", (2, 3, 16, 3))), "q_pool": config.get("num_query_pool", 3),
+            "q_stride": tuple(config.get("query_stride", (2, 2))),
+            "mask_unit_size": tuple(config.get("masked_unit_size", (8, 8))),
+            "mask_unit_attn": tuple(config.get("masked_unit_attention", (True, True, False, False))),
+            "dim_mul": config.get("embed_dim_multiplier", 2.0), "patch_kernel": tuple(config.get("patch_size", (7, 7))),
+            "patch_stride": tuple(config.get("patch_stride", (4, 4))),
+            "patch_padding": tuple(config.get("patch_padding", (3, 3))), "mlp_ratio": config.get("mlp_ratio", 4.0)}
+    default = hiera_architecture(model)
+    diff = {k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()
+            if _comparable(v) != _comparable(default[k])}
+    return diff, size if isinstance(size, int) else size[0]
+
+
+def _comparable(v):
+    """JSON lists and Python tuples, ints and floats compare equal when they hold the same values."""
+    return tuple(v) if isinstance(v, (list, tuple)) else float(v) if isinstance(v, (int, float)) else v
 
 
 def map_hiera_hf(sd: Dict) -> Dict:
