@@ -11,10 +11,13 @@ import mindspore.nn as nn
 PREFIX = "backbone."
 
 
+LOG_PREFIX = "_log."  # the train step's device-side running log (engine.TrainStep): never saved
+
+
 def _atomic_save(obj, path, append_dict: Optional[Dict] = None) -> None:
     path = Path(path)
     tmp = path.with_name(path.stem + ".partial.ckpt")
-    ms.save_checkpoint(obj, str(tmp), append_dict=append_dict)
+    ms.save_checkpoint(obj, str(tmp), append_dict=append_dict, choice_func=lambda name: not name.startswith(LOG_PREFIX))
     os.replace(tmp, path)
 
 
@@ -25,6 +28,7 @@ def save_train_state(train_step: nn.Cell, path, epoch: int, best_top1: float) ->
 def load_train_state(train_step: nn.Cell, path) -> Dict:
     params = ms.load_checkpoint(str(path))
     missing, _ = ms.load_param_into_net(train_step, params, strict_load=True)
+    missing = [m for m in missing if not m.startswith(LOG_PREFIX)]
     if missing:
         raise ValueError(f"{path}: missing {len(missing)} parameters, e.g. {missing[:3]}")
     return {"epoch": int(params["epoch"].asnumpy()), "best_top1": float(params["best_top1"].asnumpy())}

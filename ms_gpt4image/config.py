@@ -35,7 +35,10 @@ DEFAULTS: Dict[str, Any] = {
     "cutmix": 0.0,                # cutmix alpha (0 = off)
     "mixup_prob": 1.0,
     "mixup_switch_prob": 0.5,
+    # input pipeline: map/batch workers per device, and whether Python transforms (mindcv's RandAugment,
+    # mixup) run in processes instead of threads (README, "Sizing the data workers")
     "num_parallel_workers": 2,
+    "python_multiprocessing": False,
     # model
     "model": "resnet18_cifar",
     "model_kwargs": {},
@@ -72,7 +75,14 @@ DEFAULTS: Dict[str, Any] = {
     "loss_scale": 1024.0,
     "eval_every": 1,              # epochs between evaluations (0 = only at the end)
     "save_every": 0,              # also keep epoch_N.ckpt every N epochs (0 = only last.ckpt and best.ckpt)
-    "log_every": 20,              # steps between progress-bar refreshes of the running losses
+    "log_every": 20,              # steps between progress-bar refreshes of the running losses (unsunk runs)
+    # feed the device from a data queue, whole epochs without a return to Python: null = on for
+    # Ascend/GPU, off for CPU (where MindSpore cannot sink; true there runs unsunk)
+    "dataset_sink_mode": None,
+    # resume: true replays the input pipeline of the epochs already trained (decode and augment, no
+    # training), so the resumed run's augmentations match an uninterrupted run's, not only its order;
+    # false starts at once with the same order and new augmentation draws (MindSpore's fast recovery)
+    "exact_resume": True,
     # GPT4Image alignment (lambda = 0 is the baseline, same code path)
     "align": {
         "lambda": 0.3,
@@ -173,6 +183,12 @@ def validate(cfg: Dict) -> None:
             raise ConfigError(f"layer_decay must be in (0, 1], got {cfg['layer_decay']!r}")
         if cfg["weight_decay_filter"] == "auto":  # mindcv would silently skip the layer decay
             raise ConfigError("layer_decay needs weight_decay_filter disable or norm_and_bias, not auto")
+    for key in ("dataset_sink_mode", "python_multiprocessing", "exact_resume"):
+        if cfg[key] not in (None, True, False) or (key != "dataset_sink_mode" and cfg[key] is None):
+            raise ConfigError(f"{key} must be true or false" + (" or null" if key == "dataset_sink_mode" else "")
+                              + f", got {cfg[key]!r}")
+    if not isinstance(cfg["num_parallel_workers"], int) or cfg["num_parallel_workers"] < 1:
+        raise ConfigError(f"num_parallel_workers must be an integer >= 1, got {cfg['num_parallel_workers']!r}")
     for key in ("mean", "std"):
         if len(cfg[key]) != cfg["in_channels"]:
             raise ConfigError(f"{key} has {len(cfg[key])} values for in_channels={cfg['in_channels']}")

@@ -1,5 +1,7 @@
 """MindRecord -> mindspore.dataset pipelines (the contract is in DESIGN.md and export/pack.py)."""
 import json
+import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -45,34 +47,59 @@ def image_ops(cfg: Dict, train: bool):
     if cfg["transforms"] == "imagenet":
         return _imagenet_ops(cfg, train)
     size = cfg["image_size"]
-    ops = [vision.Decode()]  # RGB; a grey PNG becomes three equal channels
+    # RGB (a grey PNG becomes three equal channels); resized first, so that the padded crop works on
+    # images of any size (a 2000x8 strip, a 20 px image at image_size 32)
+    ops = [vision.Decode(), vision.Resize((size, size))]
     if train:
         if cfg["crop_padding"]:
             ops.append(vision.RandomCrop(size, padding=cfg["crop_padding"]))
         if cfg["hflip"]:
             ops.append(vision.RandomHorizontalFlip())
-    ops += [vision.Resize((size, size)),
-            vision.Rescale(1.0 / 255.0, 0.0),
+    ops += [vision.Rescale(1.0 / 255.0, 0.0),
             vision.Normalize(mean=cfg["mean"], std=cfg["std"]),
             vision.HWC2CHW()]
     return ops
 
 
-def create_dataset(cfg: Dict, split: str, epoch_seed: Optional[int] = None,
-                   num_shards: Optional[int] = None, shard_id: Optional[int] = None) -> Tuple[ds.Dataset, int]:
-    """Returns (batched dataset, number of samples read). Train yields (image, label, text_emb);
-    eval yields (image, label). `epoch_seed` fixes the shuffle so a resumed run sees the same order."""
+def _encoded_as_uint8(encoded):
+    return np.frombuffer(encoded, np.uint8)
+
+
+def create_dataset(cfg: Dict, split: str, num_shards: Optional[int] = None,
+                   shard_id: Optional[int] = None) -> Tuple[ds.Dataset, int]:
+    """Returns (batched dataset, number of samples this rank reads). Train yields (image, label,
+    text_emb), eval yields (image, label).
+
+    The training pipeline is built once per run: it reshuffles every epoch, in an order fixed by
+    `seed` (a resumed run reaches the same epoch's order through `set_init_step`), each rank reading
+    its MindRecord shard. The eval split is cut into contiguous slices, one per rank, that together
+    hold every sample exactly once (MindRecord sharding would pad the last shard with repeats)."""
     manifest = load_manifest(cfg["data_dir"])
     train = split == "train"
+    files = split_files(cfg["data_dir"], manifest, split)
     columns = ["image", "label", "text_emb"] if train else ["image", "label"]
-    if epoch_seed is not None:
-        ds.config.set_seed(epoch_seed)
-    kwargs = dict(columns_list=columns, shuffle=train, num_parallel_workers=1)
-    if num_shards:
-        kwargs.update(num_shards=num_shards, shard_id=shard_id)
-    data = ds.MindDataset(split_files(cfg["data_dir"], manifest, split), **kwargs)
+    if train:
+        ds.config.set_seed(cfg["seed"])  # the shuffle order and the random augmentations
+        kwargs = dict(shuffle=True, num_shards=num_shards, shard_id=shard_id) if num_shards else dict(shuffle=True)
+    else:
+        kwargs = dict(shuffle=False)
+        if num_shards:
+            total = ds.MindDataset(files, columns_list=["label"], shuffle=False).get_dataset_size()
+            if total < num_shards:
+                raise ValueError(f"{cfg['data_dir']}: {total} eval samples for {num_shards} devices; "
+                                 f"every device needs at least one")
+            start, stop = total * shard_id // num_shards, total * (shard_id + 1) // num_shards
+            kwargs = dict(sampler=ds.SequentialSampler(start_index=start, num_samples=stop - start))
+    data = ds.MindDataset(files, columns_list=columns, num_parallel_workers=1, **kwargs)
     n = data.get_dataset_size()
-    data = data.map(image_ops(cfg, train), input_columns="image", num_parallel_workers=cfg["num_parallel_workers"])
+    workers = dict(num_parallel_workers=cfg["num_parallel_workers"],
+                   python_multiprocessing=cfg["python_multiprocessing"])
+    ops = image_ops(cfg, train)
+    if cfg["python_multiprocessing"]:
+        # then MindSpore runs the op list in Python worker processes, where mindcv's first op
+        # (RandomCropDecodeResize) refuses the record's numpy.bytes_; it takes a uint8 array
+        ops = [_encoded_as_uint8] + ops
+    data = data.map(ops, input_columns="image", **workers)
     batch = cfg["batch_size"] if train else cfg["eval_batch_size"]
     # train drops the ragged last batch (one static graph); eval keeps every sample
     if train and (cfg["mixup"] > 0 or cfg["cutmix"] > 0):
@@ -85,7 +112,31 @@ def create_dataset(cfg: Dict, split: str, epoch_seed: Optional[int] = None,
         def mix_batch(images, labels, batch_info):  # per_batch_map receives lists of samples
             return mix(np.stack(images), np.stack(labels))
 
-        data = data.batch(batch, drop_remainder=True, per_batch_map=mix_batch, input_columns=["image", "label"])
+        data = data.batch(batch, drop_remainder=True, per_batch_map=mix_batch, input_columns=["image", "label"],
+                          **workers)
     else:
         data = data.batch(batch, drop_remainder=train)
     return data, n
+
+
+class PipelineError(ValueError):
+    """A sample the input pipeline could not turn into a batch (the CLI prints it as one line)."""
+
+
+@contextmanager
+def pipeline_errors(split: str, data_dir):
+    """MindSpore reports a failing map op as a RuntimeError with a page of C++ context; this keeps
+    the line that says what failed and adds which split and what to do."""
+    try:
+        yield
+    except RuntimeError as e:
+        text = str(e)
+        if "Pipeline Error" not in text and "dataset pipeline" not in text.lower():
+            raise
+        lines = [l.strip() for l in text.splitlines() if l.strip() and not set(l.strip()) <= set("-")]
+        detail = next((l for l in lines if l.startswith("[ERROR]")), None) or \
+            next((l for l in lines if "Exception" in l or "Error" in l), lines[0] if lines else text)
+        detail = re.sub(r"^\[ERROR\]\s*", "", detail)
+        raise PipelineError(f"{split} split of {data_dir}: the input pipeline failed: {detail[:300]} -- check the "
+                            f"images with `python -m export verify {data_dir}` and the transform keys of the "
+                            f"config (image_size, crop_padding, transforms)") from None

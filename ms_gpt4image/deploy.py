@@ -11,7 +11,7 @@ import mindspore as ms
 import mindspore.nn as nn
 
 from .checkpoint import load_backbone, save_deploy
-from .data import create_dataset, load_manifest
+from .data import create_dataset, load_manifest, pipeline_errors
 from .engine import evaluate, setup_context
 from .files import write_json_atomic
 from .models import create_backbone
@@ -52,7 +52,8 @@ def run_evaluate(cfg: Dict, ckpt, weights: str = "auto") -> Dict:
     setup_context(cfg)
     net = build_deploy_net(cfg, ckpt, weights)
     data, _ = create_dataset(cfg, "eval")
-    return {"checkpoint": str(ckpt), "weights": weights, **evaluate(net, data)}
+    with pipeline_errors("eval", cfg["data_dir"]):
+        return {"checkpoint": str(ckpt), "weights": weights, **evaluate(net, data)}
 
 
 def run_export(cfg: Dict, ckpt, out_prefix, check_batches: int = 1, weights: str = "auto") -> Dict:

@@ -6,6 +6,9 @@ import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
 
+from .checkpoint import LOG_PREFIX
+from .distributed import World, all_reduce_sum
+
 
 def setup_context(cfg: Dict) -> None:
     mode = ms.GRAPH_MODE if cfg["mode"] == "graph" else ms.PYNATIVE_MODE
@@ -70,6 +73,32 @@ class TrainStep(nn.TrainOneStepWithLossScaleCell):
             self.ema_updates = ms.Parameter(ms.Tensor(0.0, ms.float32), name="ema_updates")
             self.model_weights = ms.ParameterTuple(list(net_with_loss.net.get_parameters()))
             self.ema_weights = self.model_weights.clone("ema", init="same")
+        # running sums of (total, CE, alignment), the step count and the first non-finite step since
+        # the last `read_log`, kept on the device so that no step waits for the host
+        self.log_sums = ms.Parameter(ms.Tensor(np.zeros(3, np.float32)), name=f"{LOG_PREFIX}sums", requires_grad=False)
+        self.log_steps = ms.Parameter(ms.Tensor(0, ms.int32), name=f"{LOG_PREFIX}steps", requires_grad=False)
+        self.log_first_bad = ms.Parameter(ms.Tensor(-1, ms.int32), name=f"{LOG_PREFIX}first_nonfinite",
+                                          requires_grad=False)
+
+    def read_log(self, reset: bool = True) -> Dict:
+        """The device-side log since the last reset (one host sync): mean losses, steps, and the
+        1-based step (since the reset) of the first non-finite loss, or 0 if none."""
+        sums, steps = self.log_sums.asnumpy().astype(np.float64), int(self.log_steps.asnumpy())
+        first_bad = int(self.log_first_bad.asnumpy())
+        if reset:
+            self.log_sums.set_data(ms.Tensor(np.zeros(3, np.float32)))
+            self.log_steps.set_data(ms.Tensor(0, ms.int32))
+            self.log_first_bad.set_data(ms.Tensor(-1, ms.int32))
+        means = sums / max(steps, 1)
+        return {"loss": float(means[0]), "ce": float(means[1]), "align": float(means[2]), "steps": steps,
+                "first_nonfinite_step": first_bad + 1}
+
+    def accumulate_log(self, loss, ce, align):
+        values = ops.stack([loss, ce, align])
+        bad = ops.logical_and(self.log_first_bad < 0, ops.logical_not(ops.isfinite(values).all()))
+        ops.assign(self.log_first_bad, ops.select(bad, self.log_steps, self.log_first_bad))
+        ops.assign_add(self.log_steps, ops.ones_like(self.log_steps))
+        return ops.assign_add(self.log_sums, values)
 
     def ema_update(self):
         self.ema_updates += 1
@@ -105,6 +134,7 @@ class TrainStep(nn.TrainOneStepWithLossScaleCell):
                 loss = self._apply(loss, grads)
         else:
             loss = self._apply(loss, grads)
+        loss = ops.depend(loss, self.accumulate_log(loss, ce, align))
         return loss, ce, align
 
 
@@ -113,17 +143,17 @@ def topk_indices(logits: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-logits, axis=1)[:, :k]
 
 
-def evaluate(net: nn.Cell, dataset) -> Dict:
-    """Top-1 / top-5 of `net` (image -> logits) over every sample of `dataset`."""
+def evaluate(net: nn.Cell, dataset, world: World = World()) -> Dict:
+    """Top-1 / top-5 of `net` (image -> logits) over every sample of `dataset`. In data-parallel
+    runs each rank passes its own slice of the eval set and the counts are summed over ranks."""
     net.set_train(False)
-    correct1 = correct5 = n = 0
+    counts = np.zeros(3)  # correct top-1, correct top-5, samples
     for image, label in dataset.create_tuple_iterator(num_epochs=1):
         logits = net(image).asnumpy()
         y = label.asnumpy()
         top5 = topk_indices(logits, 5)
-        correct1 += int((top5[:, 0] == y).sum())
-        correct5 += int((top5 == y[:, None]).any(axis=1).sum())
-        n += len(y)
+        counts += [(top5[:, 0] == y).sum(), (top5 == y[:, None]).any(axis=1).sum(), len(y)]
+    correct1, correct5, n = all_reduce_sum(counts, world)
     if n == 0:
         raise ValueError("evaluation dataset is empty")
-    return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "count": n}
+    return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "count": int(n)}

@@ -9,18 +9,18 @@ import time
 from pathlib import Path
 from typing import Dict, Optional
 
-import numpy as np
-from tqdm import tqdm
-
 import mindspore as ms
+import mindspore.dataset as ds
+from mindspore.train import Model
 from mindcv.optim import create_optimizer
 from mindcv.scheduler import create_scheduler
 
-from .checkpoint import load_backbone, load_train_state, save_train_state
+from .callbacks import EndOfEpoch, ProgressBar, steady_images_per_s
+from .checkpoint import load_backbone, load_train_state
 from .config import save_config
-from .data import create_dataset, load_manifest
+from .data import create_dataset, load_manifest, pipeline_errors
 from .distributed import World, init_distributed
-from .engine import NetWithLoss, TrainStep, evaluate, setup_context
+from .engine import NetWithLoss, TrainStep, setup_context
 from .gpt4image import GPT4ImageNet
 from .losses import GPT4ImageLoss
 from .models import create_backbone
@@ -93,13 +93,6 @@ def loss_scale_sense(cfg: Dict):
     raise ValueError(f"loss_scale_type must be none, fixed or dynamic, got {kind!r}")
 
 
-def copy_ema_weights(step, backbone) -> None:
-    """EMA copies (`ema.backbone.*` in the train step) -> a standalone backbone for evaluation."""
-    ema = {p.name[len("ema.backbone."):]: p for p in step.ema_weights if p.name.startswith("ema.backbone.")}
-    for p in backbone.get_parameters():
-        p.set_data(ms.Tensor(ema[p.name].asnumpy()))  # a copy: the EMA keeps moving
-
-
 def resume_path(out: Path, resume) -> Optional[Path]:
     """resume: False/None (fresh run), True (OUTPUT_DIR/last.ckpt if present) or a checkpoint path."""
     if not resume:
@@ -111,102 +104,81 @@ def resume_path(out: Path, resume) -> Optional[Path]:
     return Path(resume)
 
 
+def sink_mode(cfg: Dict) -> bool:
+    """dataset_sink_mode: null -> on for Ascend/GPU, off for CPU (MindSpore runs CPU unsunk anyway)."""
+    if cfg["dataset_sink_mode"] is None:
+        return cfg["device_target"] in ("Ascend", "GPU")
+    return cfg["dataset_sink_mode"]
+
+
+def restore(step, out: Path, resume, main: bool, rank: int):
+    """(start epoch, best top-1) from a training checkpoint, or (0, -1) for a fresh run; the log is
+    cut back to the restored epoch."""
+    log_path = out / "log.jsonl"
+    ckpt = resume_path(out, resume)
+    if ckpt is None:
+        if main and log_path.exists():
+            log_path.unlink()
+        return 0, -1.0
+    state = load_train_state(step, ckpt)
+    print(f"rank {rank}: resumed from {ckpt} at epoch {state['epoch']}")
+    if main and log_path.exists():
+        kept = [l for l in log_path.read_text().splitlines() if json.loads(l)["epoch"] <= state["epoch"]]
+        log_path.write_text("".join(l + "\n" for l in kept))
+    return state["epoch"], state["best_top1"]
+
+
 def train(cfg: Dict, resume=False) -> Dict:
+    # build: context and ranks, the two pipelines (each built once), the net, its train step
     setup_context(cfg)  # the same seed on every rank: identical initial weights
     world = init_distributed()
-    main = world.is_main  # only rank 0 evaluates and writes files
-    shard = dict(num_shards=world.size, shard_id=world.rank) if world.distributed else {}
     out = Path(cfg["output_dir"])
-    if main:
+    if world.is_main:  # only rank 0 writes files
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
     manifest = load_manifest(cfg["data_dir"])
-    train_ds, n_train = create_dataset(cfg, "train", epoch_seed=cfg["seed"], **shard)
+    train_ds, n_train = create_dataset(cfg, "train", **world.shard)
     steps = train_ds.get_dataset_size()
     if steps == 0:
         raise ValueError(f"{cfg['data_dir']}: {n_train} training samples per device < batch_size {cfg['batch_size']}")
-    eval_ds, n_eval = create_dataset(cfg, "eval") if main else (None, 0)
+    eval_ds, n_eval = create_dataset(cfg, "eval", **world.shard)  # every rank evaluates its slice
+    n_eval_all = manifest["splits"]["eval"]["count"]
     net, step, lr = build_training(cfg, steps, manifest, world)
-    ema_net = build_backbone(dict(cfg, pretrained_ckpt=None), manifest["num_classes"]) if cfg["ema"] and main else None
-
-    start_epoch, best = 0, -1.0
-    log_path = out / "log.jsonl"
-    ckpt = resume_path(out, resume)
-    if ckpt is not None:
-        state = load_train_state(step, ckpt)
-        start_epoch, best = state["epoch"], state["best_top1"]
-        print(f"rank {world.rank}: resumed from {ckpt} at epoch {start_epoch}")
-        if start_epoch >= cfg["epoch_size"] and (out / "summary.json").exists():
-            return json.loads((out / "summary.json").read_text())  # finished before: nothing to do
-        if main:
-            kept = [l for l in log_path.read_text().splitlines() if json.loads(l)["epoch"] <= start_epoch] \
-                if log_path.exists() else []
-            log_path.write_text("".join(l + "\n" for l in kept))
-    elif main and log_path.exists():
-        log_path.unlink()
-
-    a = cfg["align"]
-    if main:
+    ema_net = build_backbone(dict(cfg, pretrained_ckpt=None), manifest["num_classes"]) if cfg["ema"] else None
+    start_epoch, best = restore(step, out, resume, world.is_main, world.rank)
+    if start_epoch >= cfg["epoch_size"] and (out / "summary.json").exists():
+        return json.loads((out / "summary.json").read_text())  # finished before: nothing to do
+    a, sunk = cfg["align"], sink_mode(cfg)
+    if world.is_main:
         print(f"train {cfg['model']} on {manifest['dataset']}: {n_train} images per device, {steps} steps/epoch, "
               f"{world.size} device(s), batch {cfg['batch_size']}/device = {cfg['batch_size'] * world.size} global, "
               f"lr {scaled_lr(cfg, world):g}" + (f" (= {cfg['lr']:g} x {cfg['batch_size'] * world.size}/"
                                                  f"{cfg['lr_base_batch']})" if cfg["lr_base_batch"] else "") +
               f", lambda {a['lambda']}, tau {a['tau']}, loss {a['loss']}, projector {a['projector']}, "
-              f"eval {n_eval} images")
-    t_start, step_times, last_eval = time.time(), [], None
-    for epoch in range(start_epoch, cfg["epoch_size"]):
-        step.set_train(True)
-        # a fresh pipeline per epoch, seeded by epoch: a resumed run sees the same order
-        train_ds, _ = create_dataset(cfg, "train", epoch_seed=cfg["seed"] + epoch, **shard)
-        sums, t_epoch, seen = np.zeros(3), time.time(), 0
-        bar = tqdm(train_ds.create_tuple_iterator(num_epochs=1), total=steps, desc=f"epoch {epoch + 1}/{cfg['epoch_size']}",
-                   unit="step", leave=False, disable=not main)
-        for i, (image, label, text_emb) in enumerate(bar):
-            t0 = time.time()
-            loss, ce, align = step(image, label, text_emb)
-            vals = np.array([float(loss.asnumpy()), float(ce.asnumpy()), float(align.asnumpy())])
-            step_times.append(time.time() - t0)
-            if not np.all(np.isfinite(vals)):
-                raise FloatingPointError(f"epoch {epoch + 1} step {i}: non-finite loss {vals.tolist()}")
-            sums += vals
-            seen += 1
-            if i % cfg["log_every"] == 0:
-                bar.set_postfix(ce=f"{sums[1] / seen:.3f}", align=f"{sums[2] / seen:.3f}")
-        epoch_time = time.time() - t_epoch
-        record = {"epoch": epoch + 1, "loss": sums[0] / seen, "ce": sums[1] / seen, "align": sums[2] / seen,
-                  "lr": float(lr[min((epoch + 1) * steps, len(lr)) - 1]), "epoch_time_s": epoch_time,
-                  "images_per_s": seen * cfg["batch_size"] * world.size / epoch_time}
-        if main:
-            is_last = epoch + 1 == cfg["epoch_size"]
-            if is_last or (cfg["eval_every"] and (epoch + 1) % cfg["eval_every"] == 0):
-                last_eval = evaluate(net.backbone, eval_ds)
-                record.update(top1=last_eval["top1"], top5=last_eval["top5"])
-                if ema_net is not None:  # the EMA weights are what export/evaluate use by default
-                    copy_ema_weights(step, ema_net)
-                    ema_eval = evaluate(ema_net, eval_ds)
-                    record.update(ema_top1=ema_eval["top1"], ema_top5=ema_eval["top5"])
-                    last_eval = ema_eval
-            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            score = record.get("ema_top1", record.get("top1"))  # ranks what gets deployed
-            if score is not None and score > best:
-                best = score
-                save_train_state(step, out / "best.ckpt", epoch + 1, best)
-            save_train_state(step, out / "last.ckpt", epoch + 1, best)
-            if cfg["save_every"] and (epoch + 1) % cfg["save_every"] == 0:
-                save_train_state(step, out / f"epoch_{epoch + 1}.ckpt", epoch + 1, best)
-        if cfg["stop_at_epoch"] and epoch + 1 >= cfg["stop_at_epoch"]:
-            print(f"stopping after epoch {epoch + 1} (stop_at_epoch); continue with --resume")
-            break
+              f"eval {n_eval_all} images" + (f" ({n_eval} on this rank)" if world.distributed else "") + ", "
+              f"data {'sunk' if sunk and cfg['device_target'] != 'CPU' else 'fed from Python'}")
 
-    steady = step_times[1:] or step_times  # the first step includes graph compilation
+    # the epoch loop (mindspore.train.Model) and the end-of-epoch actions (callbacks.py)
+    end_of_epoch = EndOfEpoch(cfg, step, net, lr, eval_ds, ema_net, world, out, best)
+    bar = ProgressBar(step, steps, cfg["epoch_size"], cfg["log_every"], enabled=world.is_main)
+    t_start = time.time()
+    if start_epoch < cfg["epoch_size"]:
+        if start_epoch:  # a resumed run continues the same sequence of epochs
+            ds.config.set_fast_recovery(not cfg["exact_resume"])
+            train_ds.set_init_step(start_epoch * steps)
+            if cfg["exact_resume"] and world.is_main:
+                print(f"replaying the input pipeline of epochs 1-{start_epoch} (exact_resume: true)")
+        with pipeline_errors("train", cfg["data_dir"]):
+            Model(step).train(cfg["epoch_size"], train_ds, callbacks=[bar, end_of_epoch], dataset_sink_mode=sunk,
+                              initial_epoch=start_epoch)
+
+    last_eval = end_of_epoch.last_eval
     summary = {"model": cfg["model"], "lambda": a["lambda"], "epochs": cfg["epoch_size"], "devices": world.size,
-               "train_images": n_train * world.size, "eval_images": n_eval,
+               "train_images": n_train * world.size, "eval_images": n_eval_all,
                "final_top1": last_eval["top1"] if last_eval else None,
-               "final_top5": last_eval["top5"] if last_eval else None, "best_top1": best,
+               "final_top5": last_eval["top5"] if last_eval else None, "best_top1": end_of_epoch.best,
                "wall_time_s": time.time() - t_start,
-               "train_images_per_s": cfg["batch_size"] * world.size / float(np.median(steady)) if steady else None}
-    if main:
+               "train_images_per_s": steady_images_per_s(end_of_epoch.records)}
+    if world.is_main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

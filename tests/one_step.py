@@ -32,7 +32,7 @@ def main():
     for path in configs:
         cfg = load_config(path, SMOKE + [f"data_dir={data_dir}"])
         setup_context(cfg)
-        data, _ = create_dataset(cfg, "train", epoch_seed=0)
+        data, _ = create_dataset(cfg, "train")
         net, step, _ = build_training(cfg, data.get_dataset_size(), load_manifest(data_dir))
         step.set_train(True)
         image, label, text = next(data.create_tuple_iterator(num_epochs=1))

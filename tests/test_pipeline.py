@@ -111,7 +111,10 @@ def test_ema_training_evaluates_and_exports_the_ema_weights(packed, tmp_path):
           for w in ("auto", "ema", "raw")}
     assert ev["auto"]["top1"] == ev["ema"]["top1"] == pytest.approx(last["ema_top1"])
     assert ev["raw"]["top1"] == pytest.approx(last["top1"])
-    assert ev["raw"]["top1"] != ev["ema"]["top1"]  # decay 0.9 over 10 steps: two different nets
+    # decay 0.9 over 10 steps: two different nets (their top-1 may coincide at chance level)
+    probe = "import sys, mindspore as ms; p = ms.load_checkpoint(sys.argv[1]); " \
+            "print(max(float(abs(v.asnumpy() - p['ema.' + k].asnumpy()).max()) for k, v in p.items() if 'ema.' + k in p))"
+    assert float(run_cli("-c", probe, ckpt).stdout.split()[-1]) > 1e-3
     run_cli("-m", "ms_gpt4image", "export", "-c", cfg, "--ckpt", ckpt, "--out", tmp_path / "net")
     ev2 = json.loads(run_cli("-m", "ms_gpt4image", "evaluate", "-c", cfg, "--ckpt", tmp_path / "net.ckpt").stdout)
     assert ev2["top1"] == pytest.approx(last["ema_top1"])

@@ -1,4 +1,4 @@
-"""TrainStep: loss scaling (fixed, dynamic with overflow skipping) and the weight EMA."""
+"""TrainStep: loss scaling (fixed, dynamic with overflow skipping), the weight EMA and the device-side log."""
 import numpy as np
 import pytest
 
@@ -51,6 +51,23 @@ def test_dynamic_loss_scale_skips_overflowing_steps():
     after = _weights(net)
     assert all(np.array_equal(before[k], after[k]) for k in before)
     assert float(step.scale_sense.asnumpy()) == pytest.approx(1.5e38)
+
+
+def test_the_log_is_summed_on_the_device_and_names_the_first_non_finite_step():
+    net, step = _step()
+    outs = [[float(v.asnumpy()) for v in step(*_batch())] for _ in range(3)]
+    log = step.read_log()
+    assert log["steps"] == 3 and log["first_nonfinite_step"] == 0
+    for i, key in enumerate(("loss", "ce", "align")):
+        assert log[key] == pytest.approx(np.mean([o[i] for o in outs]), rel=1e-6)
+    assert step.read_log()["steps"] == 0  # read_log resets
+    image, label, text = _batch()
+    step(image, label, text)
+    step(image, label, text * float("nan"))  # step 2 of this interval: the alignment term is NaN
+    step(image, label, text)
+    log = step.read_log(reset=False)
+    assert log["steps"] == 3 and log["first_nonfinite_step"] == 2 and not np.isfinite(log["align"])
+    assert step.read_log(reset=False) == pytest.approx(log, nan_ok=True)  # reset=False keeps it
 
 
 def test_ema_is_the_moving_average_of_the_weights():

@@ -1,0 +1,132 @@
+"""What `train` does around `mindspore.train.Model.train`: a progress bar, and the end-of-epoch
+actions (read the losses, evaluate, log, checkpoint, stop), as Model callbacks.
+
+Within an epoch nothing waits for the host: the train step keeps its running losses on the device
+(engine.TrainStep.read_log). They are read once per epoch, and every `log_every` steps for the
+progress bar when the run is not sunk.
+"""
+import json
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import mindspore as ms
+from mindspore.train import Callback
+from tqdm import tqdm
+
+from .checkpoint import save_train_state
+from .data import pipeline_errors
+from .distributed import World, all_reduce_sum
+from .engine import evaluate
+
+
+class ProgressBar(Callback):
+    def __init__(self, step, steps_per_epoch: int, epochs: int, log_every: int, enabled: bool):
+        self.step, self.steps, self.epochs, self.log_every, self.enabled = step, steps_per_epoch, epochs, log_every, enabled
+        self.bar = None
+
+    def on_train_epoch_begin(self, run_context):
+        if self.enabled:
+            epoch = run_context.original_args().cur_epoch_num
+            self.bar = tqdm(total=self.steps, desc=f"epoch {epoch}/{self.epochs}", unit="step", leave=False)
+
+    def on_train_step_end(self, run_context):
+        if self.bar is None:
+            return
+        if run_context.original_args().dataset_sink_mode:  # one call per sunk epoch
+            self.bar.update(self.steps - self.bar.n)
+            return
+        self.bar.update(1)
+        if self.bar.n % self.log_every == 0:
+            log = self.step.read_log(reset=False)
+            self.bar.set_postfix(ce=f"{log['ce']:.3f}", align=f"{log['align']:.3f}")
+
+    def on_train_epoch_end(self, run_context):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class EndOfEpoch(Callback):
+    """After each epoch, in order:
+    1. the epoch's mean losses, over all ranks; a non-finite loss stops the run, naming the step;
+    2. evaluation when due (each rank its slice of the eval set; the EMA weights as well);
+    3. rank 0: one line of log.jsonl and stdout, then last.ckpt, best.ckpt and epoch_N.ckpt;
+    4. a stop request at `stop_at_epoch` (the run resumes from last.ckpt)."""
+
+    def __init__(self, cfg: Dict, step, net, lr, eval_ds, ema_net, world: World, out: Path, best: float):
+        self.cfg, self.step, self.net, self.lr, self.eval_ds, self.ema_net = cfg, step, net, lr, eval_ds, ema_net
+        self.world, self.out, self.best = world, out, best
+        self.records, self.last_eval, self.t_epoch = [], None, 0.0
+
+    def on_train_epoch_begin(self, run_context):
+        self.t_epoch = time.time()
+
+    def on_train_epoch_end(self, run_context):
+        cb = run_context.original_args()
+        epoch, steps = cb.cur_epoch_num, cb.batch_num
+        epoch_time = time.time() - self.t_epoch
+        record = {"epoch": epoch, **self._losses(epoch, steps), "lr": float(self.lr[min(epoch * steps, len(self.lr)) - 1]),
+                  "epoch_time_s": epoch_time,
+                  "images_per_s": steps * self.cfg["batch_size"] * self.world.size / epoch_time}
+        if self._eval_due(epoch):
+            with pipeline_errors("eval", self.cfg["data_dir"]):
+                record.update(self._evaluate())
+        self.records.append(record)
+        if self.world.is_main:
+            self._write(record)
+        if self.cfg["stop_at_epoch"] and epoch >= self.cfg["stop_at_epoch"] and epoch < self.cfg["epoch_size"]:
+            if self.world.is_main:
+                print(f"stopping after epoch {epoch} (stop_at_epoch); continue with --resume")
+            run_context.request_stop()
+
+    def _losses(self, epoch: int, steps: int) -> Dict:
+        log = self.step.read_log()
+        n = log["steps"]
+        bad = log["first_nonfinite_step"]
+        total = all_reduce_sum([log["loss"] * n, log["ce"] * n, log["align"] * n, n, bad > 0], self.world)
+        if total[4]:
+            where = f"first at step {bad} of {steps}" if bad else "on another rank"
+            raise FloatingPointError(f"epoch {epoch}: non-finite loss ({where}); lower lr, check the data "
+                                     f"(python -m export verify) or use loss_scale_type: dynamic")
+        return {"loss": total[0] / total[3], "ce": total[1] / total[3], "align": total[2] / total[3]}
+
+    def _eval_due(self, epoch: int) -> bool:
+        every = self.cfg["eval_every"]
+        return epoch == self.cfg["epoch_size"] or bool(every and epoch % every == 0)
+
+    def _evaluate(self) -> Dict:
+        self.last_eval = evaluate(self.net.backbone, self.eval_ds, self.world)
+        scores = {"top1": self.last_eval["top1"], "top5": self.last_eval["top5"]}
+        if self.ema_net is not None:  # the EMA weights are what export/evaluate use by default
+            copy_ema_weights(self.step, self.ema_net)
+            self.last_eval = evaluate(self.ema_net, self.eval_ds, self.world)
+            scores.update(ema_top1=self.last_eval["top1"], ema_top5=self.last_eval["top5"])
+        self.step.set_train(True)  # Model keeps its own note of the mode and would not restore it
+        return scores
+
+    def _write(self, record: Dict) -> None:
+        epoch = record["epoch"]
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        score = record.get("ema_top1", record.get("top1"))  # ranks what gets deployed
+        if score is not None and score > self.best:
+            self.best = score
+            save_train_state(self.step, self.out / "best.ckpt", epoch, self.best)
+        save_train_state(self.step, self.out / "last.ckpt", epoch, self.best)
+        if self.cfg["save_every"] and epoch % self.cfg["save_every"] == 0:
+            save_train_state(self.step, self.out / f"epoch_{epoch}.ckpt", epoch, self.best)
+
+
+def copy_ema_weights(step, backbone) -> None:
+    """EMA copies (`ema.backbone.*` in the train step) -> a standalone backbone for evaluation."""
+    ema = {p.name[len("ema.backbone."):]: p for p in step.ema_weights if p.name.startswith("ema.backbone.")}
+    for p in backbone.get_parameters():
+        p.set_data(ms.Tensor(ema[p.name].asnumpy()))  # a copy: the EMA keeps moving
+
+
+def steady_images_per_s(records) -> Optional[float]:
+    """Median epoch throughput, leaving out the first epoch of the run (it compiles the graph)."""
+    rates = sorted(r["images_per_s"] for r in (records[1:] or records))
+    return rates[len(rates) // 2] if rates else None

@@ -1,0 +1,34 @@
+"""The training loop (mindspore.train.Model + callbacks.py) through the real command line."""
+import json
+
+import pytest
+
+from conftest import run_cli
+
+
+def _cfg(tmp_path, packed, name, extra=""):
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(f"data_dir: {packed / 'data'}\noutput_dir: {tmp_path / name}\nmodel: simple_cnn\n"
+                 "model_kwargs: {width: 8}\nbatch_size: 16\neval_batch_size: 40\nepoch_size: 2\n"
+                 "warmup_epochs: 0\nlr: 0.05\n" + extra)
+    return p
+
+
+def _log(tmp_path, name):
+    return [json.loads(l) for l in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+
+
+def test_sink_mode_on_cpu_runs_the_same_steps(packed, tmp_path):
+    """MindSpore cannot sink on CPU and runs the same loop unsunk: one config serves every target."""
+    run_cli("-m", "ms_gpt4image", "train", "-c", _cfg(tmp_path, packed, "unsunk", "dataset_sink_mode: false\n"))
+    run_cli("-m", "ms_gpt4image", "train", "-c", _cfg(tmp_path, packed, "sunk", "dataset_sink_mode: true\n"))
+    for a, b in zip(_log(tmp_path, "unsunk"), _log(tmp_path, "sunk")):
+        for key in ("loss", "ce", "align", "lr", "top1", "top5"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6), (a["epoch"], key)
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_epoch_and_step(packed, tmp_path):
+    p = run_cli("-m", "ms_gpt4image", "train", "-c", _cfg(tmp_path, packed, "nan", "lr: 1.0e+30\n"), check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert "error: epoch 1: non-finite loss (first at step" in p.stderr and "of 5)" in p.stderr
+    assert not (tmp_path / "nan" / "last.ckpt").exists()  # nothing saved from a diverged epoch
