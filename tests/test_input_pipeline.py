@@ -97,3 +97,15 @@ def test_a_broken_image_is_one_clear_line(packed, tmp_path):
     assert "Traceback" not in p.stderr
     error = [l for l in p.stderr.splitlines() if l.startswith("error:")]
     assert len(error) == 1 and "train split of" in error[0] and "export verify" in error[0], p.stderr[-2000:]
+
+
+def test_python_transforms_in_worker_processes(packed):
+    """The DeiT recipe's pipeline (mindcv RandomCropDecodeResize, RandAugment, random erasing, mixup)
+    with its Python ops in worker processes, as the ImageNet configs run it."""
+    cfg = load_config("configs/imagenet_deit_small.yaml",
+                      [f"data_dir={packed / 'data'}", "image_size=32", "batch_size=8", "num_parallel_workers=2"])
+    assert cfg["python_multiprocessing"]
+    data, _ = create_dataset(cfg, "train")
+    image, label, text = next(data.create_tuple_iterator(num_epochs=1, output_numpy=True))
+    assert image.shape == (8, 3, 32, 32) and label.shape == (8, 10) and text.shape == (8, 384)
+    assert np.isfinite(image).all() and np.allclose(label.sum(axis=1), 1.0, atol=1e-5)  # mixed soft targets
