@@ -32,3 +32,14 @@ def test_a_non_finite_loss_stops_the_run_naming_the_epoch_and_step(packed, tmp_p
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
     assert "error: epoch 1: non-finite loss (first at step" in p.stderr and "of 5)" in p.stderr
     assert not (tmp_path / "nan" / "last.ckpt").exists()  # nothing saved from a diverged epoch
+
+
+def test_model_loop_equals_a_bare_loop_over_the_same_pipeline(packed, tmp_path):
+    from conftest import ROOT
+    cfg = _cfg(tmp_path, packed, "parity", "epoch_size: 3\n")
+    run_cli(ROOT / "tests" / "loop_parity.py", cfg, tmp_path / "parity.json")
+    runs = json.loads((tmp_path / "parity.json").read_text())
+    assert len(runs["model"]) == len(runs["bare"]) == 3
+    for a, b in zip(runs["model"], runs["bare"]):
+        for key in ("loss", "ce", "align", "top1"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6), (a["epoch"], key)
