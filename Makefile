@@ -29,7 +29,7 @@ demo: setup data
 	scripts/demo.sh
 
 demo-quick: setup data
-	scripts/demo.sh --quick
+	scripts/demo.sh --quick --seeds 3
 
 # the quick demo on Hiera-T instead of the ResNet (~8 minutes here)
 demo-hiera: setup data

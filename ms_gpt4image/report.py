@@ -1,10 +1,20 @@
-"""`python -m ms_gpt4image.report`: the demo's comparison of the baseline and GPT4Image arms.
+"""`python -m ms_gpt4image.report RUN_DIR`: baseline against GPT4Image over every seed trained.
 
-Reads each arm's summary.json, log.jsonl and evaluation JSON; writes report.json, report.md and
-a plot of eval top-1 per epoch (accuracy.png)."""
+RUN_DIR holds one folder per seed, `seed_S/{baseline,gpt4image}/` (summary.json, log.jsonl and the
+final evaluation, eval.json), as `scripts/demo.sh --seeds N` and `scripts/reproduce.sh` write them.
+Writes RUN_DIR/report.json, report.md (per-seed figures, mean +- std of each arm, the paired difference
+with its 95% confidence interval and a verdict in words) and accuracy.png (every seed's eval curve).
+"""
 import argparse
 import json
+import re
+import sys
 from pathlib import Path
+from typing import Dict, List
+
+from .stats import fmt, fmt_difference, mean_std, paired_difference
+
+ARMS = ("baseline", "gpt4image")
 
 
 def _load(path):
@@ -14,69 +24,135 @@ def _load(path):
     return json.loads(path.read_text())
 
 
-def build_report(demo_dir) -> dict:
-    demo_dir = Path(demo_dir)
-    arms = {}
-    for arm in ("baseline", "gpt4image"):
-        summary = _load(demo_dir / arm / "summary.json")
-        ev = _load(demo_dir / arm / "eval.json")
-        arms[arm] = {"lambda": summary["lambda"], "top1": ev["top1"], "top5": ev["top5"],
-                     "eval_images": ev["count"], "best_epoch_top1": summary["best_top1"],
-                     "wall_time_s": summary["wall_time_s"], "train_images_per_s": summary["train_images_per_s"],
-                     "epochs": summary["epochs"], "train_images": summary["train_images"]}
-    manifest = _load(demo_dir / "data" / "manifest.json")
-    export = _load(demo_dir / "deploy" / "gpt4image.export.json")
-    return {"dataset": manifest["dataset"], "describer": manifest["describer"], "embedding": manifest["embedding"],
-            "arms": arms, "top1_gain": arms["gpt4image"]["top1"] - arms["baseline"]["top1"],
-            "alignment_cost": arms["baseline"]["train_images_per_s"] / arms["gpt4image"]["train_images_per_s"],
-            "export": export}
+def seed_dirs(run_dir) -> Dict[int, Path]:
+    """{seed: folder} for every seed_S folder of RUN_DIR, in seed order."""
+    found = {int(m.group(1)): p for p in Path(run_dir).glob("seed_*") if (m := re.fullmatch(r"seed_(\d+)", p.name))}
+    if not found:
+        raise FileNotFoundError(f"{run_dir}: no seed_S/ folders (train with scripts/demo.sh or reproduce.sh first)")
+    return dict(sorted(found.items()))
 
 
-def to_markdown(r: dict) -> str:
-    lines = [f"# GPT4Image demo: {r['dataset']}", "",
-             f"descriptions: {r['describer']['backend']} ({r['describer']['model'] or 'no model'}), "
-             f"text encoder: {r['embedding']['model']} ({r['embedding']['dim']}-d)", "",
-             "| arm | lambda | top-1 (%) | top-5 (%) | best-epoch top-1 (%) | wall time (s) | train images/s |",
-             "|---|---|---|---|---|---|---|"]
-    for name, a in r["arms"].items():
-        lines.append(f"| {name} | {a['lambda']} | {a['top1']:.2f} | {a['top5']:.2f} | {a['best_epoch_top1']:.2f} | "
-                     f"{a['wall_time_s']:.0f} | {a['train_images_per_s']:.0f} |")
-    a = r["arms"]["gpt4image"]
-    lines += ["", f"GPT4Image - baseline, top-1: **{r['top1_gain']:+.2f}** points "
-              f"({a['train_images']} train images, {a['eval_images']} eval images, {a['epochs']} epochs, final epoch).",
-              f"Deployable MindIR: `{r['export']['mindir']}` (reloaded, max |logit diff| "
-              f"{r['export']['max_abs_logit_diff']:.1e} on {r['export']['checked_images']} images)."]
+def arm_result(arm_dir: Path) -> Dict:
+    summary, ev = _load(arm_dir / "summary.json"), _load(arm_dir / "eval.json")
+    log = [json.loads(l) for l in (arm_dir / "log.jsonl").read_text().splitlines()]
+    return {"lambda": summary["lambda"], "top1": ev["top1"], "top5": ev["top5"], "eval_images": ev["count"],
+            "best_epoch_top1": summary["best_top1"], "wall_time_s": summary["wall_time_s"],
+            "train_images_per_s": summary["train_images_per_s"], "epochs": summary["epochs"],
+            "train_images": summary["train_images"],
+            "curve": [[r["epoch"], r["top1"]] for r in log if "top1" in r]}
+
+
+def build_report(run_dir, only_seeds=None) -> Dict:
+    run_dir = Path(run_dir)
+    found = seed_dirs(run_dir)
+    if only_seeds is not None:
+        missing = [s for s in only_seeds if s not in found]
+        if missing:
+            raise FileNotFoundError(f"{run_dir}: no seed_S/ folder for seed(s) {missing}")
+        found = {s: found[s] for s in only_seeds}
+    seeds = {s: {arm: arm_result(d / arm) for arm in ARMS} for s, d in found.items()}
+    top1 = {arm: [seeds[s][arm]["top1"] for s in seeds] for arm in ARMS}
+    report = {"seeds": list(seeds), "per_seed": seeds,
+              "arms": {arm: {"top1": mean_std(top1[arm]),
+                             "top5": mean_std([seeds[s][arm]["top5"] for s in seeds]),
+                             "wall_time_s": mean_std([seeds[s][arm]["wall_time_s"] for s in seeds]),
+                             "train_images_per_s": mean_std([seeds[s][arm]["train_images_per_s"] for s in seeds])}
+                       for arm in ARMS},
+              "top1_difference": paired_difference(top1["baseline"], top1["gpt4image"])}
+    manifest = run_dir / "data" / "manifest.json"
+    if manifest.exists():  # the demo packs its data inside RUN_DIR
+        m = _load(manifest)
+        report.update(dataset=m["dataset"], describer=m["describer"], embedding=m["embedding"])
+    export = run_dir / "deploy" / "gpt4image.export.json"
+    if export.exists():
+        report["export"] = _load(export)
+    return report
+
+
+def to_markdown(r: Dict, title: str = "GPT4Image against the baseline") -> str:
+    lines = [f"# {title}" + (f": {r['dataset']}" if "dataset" in r else ""), ""]
+    if "describer" in r:
+        lines += [f"descriptions: {r['describer']['backend']} ({r['describer']['model'] or 'no model'}), "
+                  f"text encoder: {r['embedding']['model']} ({r['embedding']['dim']}-d)", ""]
+    lines += ["| seed | baseline top-1 (%) | GPT4Image top-1 (%) | difference | baseline / GPT4Image wall time (s) |",
+              "|---|---|---|---|---|"]
+    for s, arms in r["per_seed"].items():
+        b, g = arms["baseline"], arms["gpt4image"]
+        lines.append(f"| {s} | {b['top1']:.2f} | {g['top1']:.2f} | {g['top1'] - b['top1']:+.2f} | "
+                     f"{b['wall_time_s']:.0f} / {g['wall_time_s']:.0f} |")
+    d = r["top1_difference"]
+    lines.append(f"| mean +- std | {fmt(r['arms']['baseline']['top1'])} | {fmt(r['arms']['gpt4image']['top1'])} | "
+                 f"{fmt_difference(d)} | |")
+    any_seed = next(iter(r["per_seed"].values()))["gpt4image"]
+    lines += ["", f"GPT4Image - baseline, top-1, paired by seed over {d['n']} seed(s): **{fmt_difference(d)}** "
+              f"points: {d['verdict']}.",
+              f"({any_seed['train_images']} train images, {any_seed['eval_images']} eval images, "
+              f"{any_seed['epochs']} epochs, final epoch; train images/s: baseline "
+              f"{fmt(r['arms']['baseline']['train_images_per_s'], 0)}, GPT4Image "
+              f"{fmt(r['arms']['gpt4image']['train_images_per_s'], 0)}.)"]
+    if "export" in r:
+        e = r["export"]
+        lines.append(f"Deployable MindIR: `{e['mindir']}` (reloaded, max |logit diff| {e['max_abs_logit_diff']:.1e} "
+                     f"on {e['checked_images']} images).")
     return "\n".join(lines) + "\n"
 
 
-def plot(demo_dir, path) -> None:
+def plot(r: Dict, path) -> None:
+    """Eval top-1 per epoch: a thin line per seed, a thick line for the mean, one colour per arm."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for arm in ("baseline", "gpt4image"):
-        log = [json.loads(l) for l in (Path(demo_dir) / arm / "log.jsonl").read_text().splitlines()]
-        pts = [(r["epoch"], r["top1"]) for r in log if "top1" in r]
-        ax.plot(*zip(*pts), marker="o", label=arm)
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for arm, colour in zip(ARMS, ("tab:blue", "tab:orange")):
+        curves = [np.asarray(r["per_seed"][s][arm]["curve"]) for s in r["per_seed"]]
+        for s, c in zip(r["per_seed"], curves):
+            ax.plot(c[:, 0], c[:, 1], color=colour, alpha=0.45, lw=1, marker=".")
+        epochs = sorted(set.intersection(*(set(c[:, 0].tolist()) for c in curves)))
+        mean = [np.mean([c[c[:, 0] == e, 1][0] for c in curves]) for e in epochs]
+        ax.plot(epochs, mean, color=colour, lw=2.5, label=f"{arm} (mean of {len(curves)} seeds)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("eval top-1 (%)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("demo_dir")
+def write_report(run_dir, title: str = "GPT4Image against the baseline", only_seeds=None) -> Dict:
+    """report.json, report.md and accuracy.png in RUN_DIR, each written whole (temporary name, rename)."""
+    run_dir = Path(run_dir)
+    r = build_report(run_dir, only_seeds)
+    md = to_markdown(r, title)
+    for name, write in (("report.json", lambda p: p.write_text(json.dumps(r, indent=2) + "\n")),
+                        ("report.md", lambda p: p.write_text(md)),
+                        ("accuracy.png", lambda p: plot(r, p))):
+        tmp = run_dir / f".{name}.partial{Path(name).suffix}"
+        write(tmp)
+        tmp.replace(run_dir / name)
+    r["markdown"] = md
+    return r
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ms_gpt4image.report", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir")
+    ap.add_argument("--title", default="GPT4Image against the baseline")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds to report (default: every seed_S folder)")
     a = ap.parse_args(argv)
-    r = build_report(a.demo_dir)
-    Path(a.demo_dir, "report.json").write_text(json.dumps(r, indent=2) + "\n")
-    md = to_markdown(r)
-    Path(a.demo_dir, "report.md").write_text(md)
-    plot(a.demo_dir, Path(a.demo_dir, "accuracy.png"))
-    print(md)
+    try:
+        seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else None
+        r = write_report(a.run_dir, a.title, seeds)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(r["markdown"])
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
