@@ -128,8 +128,15 @@ def run_embed(descriptions_path, out_prefix, encoder, batch_size: int = 256, chu
     out_prefix = Path(out_prefix)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     parts = Path(f"{out_prefix}.parts")
+    sha = sha256_file(descriptions_path)
+    done_meta = Path(f"{out_prefix}.meta.json")
+    if done_meta.exists() and Path(f"{out_prefix}.npy").exists() and Path(f"{out_prefix}.index.npy").exists():
+        meta = json.loads(done_meta.read_text())
+        if (meta.get("descriptions_sha256"), meta.get("model"), meta.get("count")) == (sha, encoder.name, len(descs)):
+            print(f"embed: {out_prefix}.npy already holds these descriptions with {encoder.name}; kept", file=sys.stderr)
+            return meta  # a re-run (demo, reproduce) does not encode again
     state = {"model": encoder.name, "dim": int(encoder.dim), "count": len(descs), "chunk_size": chunk_size,
-             "batch_size": batch_size, "descriptions_sha256": sha256_file(descriptions_path)}
+             "batch_size": batch_size, "descriptions_sha256": sha}
     spath = parts / "state.json"
     if parts.exists() and (not spath.exists() or json.loads(spath.read_text()) != state):
         print(f"embed: {parts} was made for another input, model or chunking; starting over", file=sys.stderr)
@@ -157,7 +164,8 @@ def run_embed(descriptions_path, out_prefix, encoder, batch_size: int = 256, chu
             out[k * chunk_size:(k + 1) * chunk_size] = np.load(chunk_file(k))
     save_npy_atomic(f"{out_prefix}.index.npy", descs.indices)
     meta = {"model": encoder.name, "dim": int(encoder.dim), "count": len(descs), "normalized": "l2",
-            "dtype": "float32", "max_tokens": encoder.max_tokens, "descriptions": str(descriptions_path)}
+            "dtype": "float32", "max_tokens": encoder.max_tokens, "descriptions": str(descriptions_path),
+            "descriptions_sha256": sha}
     write_json_atomic(f"{out_prefix}.meta.json", meta)
     shutil.rmtree(parts)
     return meta

@@ -148,6 +148,13 @@ def test_interrupted_embed_resumes_at_the_first_missing_chunk(tmp_path):
     enc = HashEncoder()
     run_embed(p, tmp_path / "other", enc, batch_size=1, chunk_size=8)
     assert enc.texts == 30
+    # a finished output is kept when run again on the same descriptions; changed descriptions re-encode
+    enc = HashEncoder()
+    run_embed(p, tmp_path / "other", enc, batch_size=1, chunk_size=8)
+    assert enc.texts == 0
+    p.write_text(p.read_text().replace("image 4", "image four"))
+    run_embed(p, tmp_path / "other", enc, batch_size=1, chunk_size=8)
+    assert enc.texts == 30
 
 
 def test_verify_checks_rows_against_the_source(packed, idx_root, tmp_path):
