@@ -145,6 +145,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default=None, help="comma-separated seeds to report (default: every seed_S folder)")
     a = ap.parse_args(argv)
     try:
+        if a.seeds and not all(s.strip().isdigit() for s in a.seeds.split(",")):
+            raise ValueError(f"--seeds must be comma-separated integers, got {a.seeds!r}")
         seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else None
         r = write_report(a.run_dir, a.title, seeds)
     except (FileNotFoundError, ValueError, KeyError) as e:
