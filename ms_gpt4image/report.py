@@ -10,7 +10,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict
 
 from .stats import fmt, fmt_difference, mean_std, paired_difference
 

@@ -32,7 +32,6 @@ NETS = {  # --set overrides on configs/demo_fmnist.yaml
 
 def bare_steps(overrides, steps: int) -> float:
     """Images/s of `steps` back-to-back train-step calls on one real batch (runs in a child process)."""
-    import mindspore as ms
     from ms_gpt4image.config import load_config
     from ms_gpt4image.data import create_dataset, load_manifest
     from ms_gpt4image.engine import setup_context
