@@ -2,6 +2,9 @@
 import argparse
 import json
 import sys
+from pathlib import Path
+
+from .cli import command_line, interrupted, positive_int, sigterm_interrupts
 
 
 def main(argv=None):
@@ -29,7 +32,7 @@ def main(argv=None):
                    help="torchvision-resnet | timm-deit | convnext | gpt4image-resnet | gpt4image-deit | hiera | hiera-hf")
     p.add_argument("--model", required=True,
                    help="our backbone name, e.g. resnet50, deit_base, convnext_tiny, hiera_base_224")
-    p.add_argument("--image-size", type=int, default=None,
+    p.add_argument("--image-size", type=positive_int, default=None,
                    help="input size the position embeddings are for (default: config.json's for hiera-hf, else 224)")
     p.add_argument("--model-kwargs", default=None, metavar="JSON",
                    help='architecture overrides, as the config\'s model_kwargs, e.g. \'{"drop_path_rate": 0.1}\'')
@@ -44,8 +47,8 @@ def main(argv=None):
                    help="training config: needed for a training checkpoint or a model without OUT.model.json")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--data-dir", default=None, help="predict the eval split of a packed directory (with its labels)")
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--topk", type=positive_int, default=5)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--out", default=None, help="also write the predictions to preds.jsonl or preds.csv")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip images that cannot be decoded and list them (OUT.skipped.jsonl); default: stop")
@@ -54,6 +57,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
 
     from .config import ConfigError, load_config
+    from .files import WriteFailed
     if a.cmd == "predict":
         return _predict(a)
     if a.cmd == "convert":
@@ -68,10 +72,12 @@ def main(argv=None):
             return 2
         print(json.dumps(result, indent=2))
         return 0
+    cfg = None
     try:
         cfg = load_config(a.config, a.set)
         if cfg["data_dir"] is None:
             raise ConfigError("data_dir is not set (config key or --set data_dir=DIR)")
+        sigterm_interrupts()
         if a.cmd == "train":
             from .train import train
             result = train(cfg, resume=a.resume)
@@ -81,17 +87,44 @@ def main(argv=None):
         else:
             from .deploy import run_export
             result = run_export(cfg, a.ckpt, a.out, weights=a.weights)
-    except (ConfigError, ValueError, KeyError, FileNotFoundError, FloatingPointError) as e:
+    except (ConfigError, ValueError, KeyError, FileNotFoundError, FloatingPointError, WriteFailed) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if a.cmd != "train" or cfg is None:
+            return interrupted("nothing written")
+        return interrupted(_train_kept(Path(cfg["output_dir"]), cfg["epoch_size"], argv))
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _without_resume(argv):
+    """argv without its --resume [CKPT] / --resume=CKPT."""
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg == "--resume":
+            skip = i + 1 < len(argv) and not argv[i + 1].startswith("-")
+        elif not arg.startswith("--resume="):
+            out.append(arg)
+    return out
+
+
+def _train_kept(out: Path, epochs: int, argv) -> str:
+    """What an interrupted `train` kept, and the command that continues it."""
+    from .checkpoint import saved_epoch
+    argv = list(sys.argv[1:] if argv is None else argv)
+    epoch = saved_epoch(out / "last.ckpt") if (out / "last.ckpt").exists() else None
+    if epoch is None:
+        return f"no epoch was saved under {out}; start again with: {command_line('python -m ms_gpt4image', argv)}"
+    return (f"{out / 'last.ckpt'} holds epoch {epoch} of {epochs}; continue with: "
+            f"{command_line('python -m ms_gpt4image', _without_resume(argv), add=['--resume'])}")
 
 
 def _predict(a) -> int:
     """The table goes to stdout as it is produced; the summary (JSON) to stderr."""
     from .config import ConfigError, load_config
-    import signal
     import mindspore as ms
     from .predict import load_model, output_format, run_predict
     try:
@@ -103,16 +136,13 @@ def _predict(a) -> int:
         ms.set_context(mode=ms.GRAPH_MODE)
         ms.set_device(a.device)
         net, spec = load_model(a.model, cfg, a.weights)
-        # MindSpore turns Ctrl-C into SIGTERM, which would end the process without running cleanup;
-        # as an exception, it lets the temporary output be removed
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        sigterm_interrupts()  # the temporary output is then removed
         result = run_predict(net, spec, a.paths, a.data_dir, a.topk, a.batch_size, a.out, a.skip_bad)
     except (ConfigError, ValueError, KeyError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: nothing written" + (f" under {a.out}" if a.out else ""), file=sys.stderr)
-        return 130
+        return interrupted("nothing written" + (f" under {a.out}" if a.out else ""))
     print(json.dumps(result, indent=2, ensure_ascii=False), file=sys.stderr)
     return 0
 

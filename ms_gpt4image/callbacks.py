@@ -14,10 +14,11 @@ import mindspore as ms
 from mindspore.train import Callback
 from tqdm import tqdm
 
-from .checkpoint import save_train_state
+from .checkpoint import save_train_state, saved_epoch
 from .data import pipeline_errors
 from .distributed import World, all_reduce_sum
 from .engine import evaluate
+from .files import append_line
 
 
 class ProgressBar(Callback):
@@ -42,6 +43,10 @@ class ProgressBar(Callback):
             self.bar.set_postfix(ce=f"{log['ce']:.3f}", align=f"{log['align']:.3f}")
 
     def on_train_epoch_end(self, run_context):
+        self.close()
+
+    def close(self):
+        """Also called when training stops inside an epoch (an error, an interruption)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -54,10 +59,12 @@ class EndOfEpoch(Callback):
     3. rank 0: one line of log.jsonl and stdout, then last.ckpt, best.ckpt and epoch_N.ckpt;
     4. a stop request at `stop_at_epoch` (the run resumes from last.ckpt)."""
 
-    def __init__(self, cfg: Dict, step, net, lr, eval_ds, ema_net, world: World, out: Path, best: float):
+    def __init__(self, cfg: Dict, step, net, lr, eval_ds, ema_net, world: World, out: Path, best: float, run: Dict):
         self.cfg, self.step, self.net, self.lr, self.eval_ds, self.ema_net = cfg, step, net, lr, eval_ds, ema_net
-        self.world, self.out, self.best = world, out, best
+        self.world, self.out, self.best, self.run = world, out, best, run
         self.records, self.last_eval, self.t_epoch = [], None, 0.0
+        # the epoch last.ckpt holds (named when a later save fails)
+        self.saved_epoch = saved_epoch(out / "last.ckpt") if world.is_main and (out / "last.ckpt").exists() else None
 
     def on_train_epoch_begin(self, run_context):
         self.t_epoch = time.time()
@@ -106,17 +113,23 @@ class EndOfEpoch(Callback):
         return scores
 
     def _write(self, record: Dict) -> None:
-        epoch = record["epoch"]
+        """The log line, then the checkpoints. A failed write (full disk) stops the run with one line
+        naming the file; every file is written whole or not at all, so last.ckpt still holds the
+        previous epoch (the log is cut back to it on --resume)."""
+        epoch, last = record["epoch"], self.out / "last.ckpt"
+        kept = (f"{last} still holds epoch {self.saved_epoch}; free space and continue with --resume"
+                if self.saved_epoch else "no checkpoint was kept")
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
-        with open(self.out / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.out / "log.jsonl", json.dumps(record))
         score = record.get("ema_top1", record.get("top1"))  # ranks what gets deployed
         if score is not None and score > self.best:
             self.best = score
-            save_train_state(self.step, self.out / "best.ckpt", epoch, self.best)
-        save_train_state(self.step, self.out / "last.ckpt", epoch, self.best)
+            save_train_state(self.step, self.out / "best.ckpt", epoch, self.best, self.run, kept)
+        save_train_state(self.step, last, epoch, self.best, self.run, kept)
+        self.saved_epoch = epoch
         if self.cfg["save_every"] and epoch % self.cfg["save_every"] == 0:
-            save_train_state(self.step, self.out / f"epoch_{epoch}.ckpt", epoch, self.best)
+            save_train_state(self.step, self.out / f"epoch_{epoch}.ckpt", epoch, self.best, self.run,
+                             f"{last} holds epoch {epoch}; continue with --resume")
 
 
 def copy_ema_weights(step, backbone) -> None:

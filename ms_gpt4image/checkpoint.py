@@ -1,12 +1,16 @@
 """Checkpoints. A training checkpoint holds everything (net, projector, optimizer state, step,
 epoch); a deployable checkpoint holds only the backbone (features + classifier), with its own
 parameter names (no `backbone.` prefix) so that a freshly built backbone loads it directly."""
+import json
 import os
 from pathlib import Path
 from typing import Dict, Optional
 
+import numpy as np
 import mindspore as ms
 import mindspore.nn as nn
+
+from .files import write_failures
 
 PREFIX = "backbone."
 
@@ -14,24 +18,100 @@ PREFIX = "backbone."
 LOG_PREFIX = "_log."  # the train step's device-side running log (engine.TrainStep): never saved
 
 
-def _atomic_save(obj, path, append_dict: Optional[Dict] = None) -> None:
+def _atomic_save(obj, path, append_dict: Optional[Dict] = None, kept: str = "") -> None:
+    """Written under a temporary name and renamed: an interrupted or failed save (full disk) leaves the
+    previous file under `path` intact. A failure is a WriteFailed naming the file and `kept`."""
     path = Path(path)
     tmp = path.with_name(path.stem + ".partial.ckpt")
-    ms.save_checkpoint(obj, str(tmp), append_dict=append_dict, choice_func=lambda name: not name.startswith(LOG_PREFIX))
-    os.replace(tmp, path)
+    try:
+        with write_failures(path, kept):
+            ms.save_checkpoint(obj, str(tmp), append_dict=append_dict,
+                               choice_func=lambda name: not name.startswith(LOG_PREFIX))
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp.with_suffix(".tmp").unlink(missing_ok=True)  # MindSpore's own temporary name for `tmp`
 
 
-def save_train_state(train_step: nn.Cell, path, epoch: int, best_top1: float) -> None:
-    _atomic_save(train_step, path, {"epoch": epoch, "best_top1": float(best_top1)})
+# What a checkpoint must share with the run that resumes from it (train.run_signature); the schedule
+# (epoch_size, steps per epoch) may differ: it is rebuilt for the resumed run
+MUST_MATCH = ("model", "model_kwargs", "num_classes", "embedding_dim", "projector", "mlp_bn", "ema", "opt", "layer_decay")
 
 
-def load_train_state(train_step: nn.Cell, path) -> Dict:
+def save_train_state(train_step: nn.Cell, path, epoch: int, best_top1: float, run: Dict, kept: str = "") -> None:
+    """The whole train step (net, projector, optimizer state, EMA), the epoch, best top-1 and the run's
+    signature (JSON), which `--resume` compares with the run before loading anything."""
+    _atomic_save(train_step, path, {"epoch": epoch, "best_top1": float(best_top1), "run": json.dumps(run)}, kept)
+
+
+def saved_epoch(path) -> Optional[int]:
+    """The epoch a training checkpoint holds, or None if there is none (or it cannot be read)."""
+    try:
+        return int(ms.load_checkpoint(str(path), choice_func=lambda name: name == "epoch")["epoch"].asnumpy())
+    except (OSError, ValueError, RuntimeError, KeyError):
+        return None
+
+
+def _schedule_names(train_step: nn.Cell) -> set:
+    """The optimizer's per-step lr arrays (one per parameter group): their length is the schedule's."""
+    opt = train_step.optimizer
+    lrs = opt.learning_rate if opt.is_group_lr else [opt.learning_rate]
+    return {lr.learning_rate.name for lr in lrs}
+
+
+def _not_the_run(path, checkpoint_run: Dict, run: Dict) -> Optional[str]:
+    diffs = [f"{k} {json.dumps(checkpoint_run[k])} in the checkpoint, {json.dumps(run[k])} here" for k in MUST_MATCH
+             if k in checkpoint_run and checkpoint_run[k] != run[k]]
+    if not diffs:
+        return None
+    return (f"--resume {path}: not a checkpoint of this run: " + "; ".join(diffs) +
+            " (to start from its weights instead, set pretrained_ckpt)")
+
+
+def _misfit(path, params: Dict, own: Dict) -> Optional[str]:
+    """Names, shapes that differ between the checkpoint and the run (checkpoints without a signature)."""
+    missing = [k for k in own if k not in params]
+    unexpected = [k for k in params if k not in own]
+    shapes = [f"{k}: {list(params[k].shape)} in the checkpoint, {list(own[k].shape)} here"
+              for k in own if k in params and tuple(params[k].shape) != tuple(own[k].shape)]
+    if not (missing or unexpected or shapes):
+        return None
+    parts = ([f"{len(shapes)} shape(s) differ ({'; '.join(shapes[:2])})"] if shapes else []) + \
+            ([f"{len(missing)} parameter(s) of this run are not in it (e.g. {', '.join(missing[:3])})"] if missing else []) + \
+            ([f"{len(unexpected)} of its parameters are not in this run (e.g. {', '.join(unexpected[:3])})"]
+             if unexpected else [])
+    return f"--resume {path}: does not fit this run: " + "; ".join(parts)
+
+
+def load_train_state(train_step: nn.Cell, path, run: Dict, epoch_size: int, steps_per_epoch: int) -> Dict:
+    """Restores a training checkpoint into `train_step` after checking, before loading anything, that it
+    is a checkpoint of this run (same model, classes, embedding, projector, optimizer) and not past
+    `epoch_size`. The lr schedule is not restored: the run's own (rebuilt for its epoch_size and steps
+    per epoch) continues at the checkpoint's epoch. Returns {epoch, best_top1, steps_per_epoch} (the
+    last: the checkpoint's, None if it predates the signature)."""
     params = ms.load_checkpoint(str(path))
-    missing, _ = ms.load_param_into_net(train_step, params, strict_load=True)
-    missing = [m for m in missing if not m.startswith(LOG_PREFIX)]
-    if missing:
-        raise ValueError(f"{path}: missing {len(missing)} parameters, e.g. {missing[:3]}")
-    return {"epoch": int(params["epoch"].asnumpy()), "best_top1": float(params["best_top1"].asnumpy())}
+    checkpoint_run = json.loads(params.pop("run")) if isinstance(params.get("run"), str) else {}
+    problem = _not_the_run(path, checkpoint_run, run)
+    if problem:
+        raise ValueError(problem)
+    if "epoch" not in params or "best_top1" not in params:
+        raise ValueError(f"--resume {path}: not a training checkpoint (no epoch in it: a deployable or released "
+                         f"one?); to start from its weights, set pretrained_ckpt")
+    epoch, best = int(params.pop("epoch").asnumpy()), float(params.pop("best_top1").asnumpy())
+    if epoch > epoch_size:
+        raise ValueError(f"--resume {path}: the checkpoint is at epoch {epoch}, past epoch_size = {epoch_size}; "
+                         f"set epoch_size >= {epoch} (training longer continues with the schedule of the new length)")
+    schedule = _schedule_names(train_step)
+    own = {p.name: p for p in train_step.get_parameters() if not p.name.startswith(LOG_PREFIX) and p.name not in schedule}
+    params = {k: v for k, v in params.items() if k not in schedule}
+    problem = _misfit(path, params, own)
+    if problem:
+        raise ValueError(problem)
+    ms.load_param_into_net(train_step, params, strict_load=True)
+    # the rebuilt schedule is indexed by the optimizer's step: the checkpoint's epoch on this run's epochs
+    opt = train_step.optimizer
+    opt.global_step.set_data(ms.Tensor(np.full(opt.global_step.shape, epoch * steps_per_epoch), opt.global_step.dtype))
+    return {"epoch": epoch, "best_top1": best, "steps_per_epoch": checkpoint_run.get("steps_per_epoch")}
 
 
 def save_deploy(backbone: nn.Cell, path) -> None:

@@ -6,97 +6,198 @@
 * `overrides` ("align.lambda=0", "epoch_size=2") are applied last; values are parsed as YAML.
 """
 import copy
+import math
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import yaml
 
-DEFAULTS: Dict[str, Any] = {
-    "seed": 42,
-    "mode": "graph",              # graph | pynative
-    "device_target": "CPU",       # CPU | GPU | Ascend
-    "output_dir": "runs/default",
+from .files import atomic_path
+
+class ConfigError(ValueError):
+    pass
+
+
+class Key:
+    """One config key: its default and what it allows. `check(value)` returns the value (a float key
+    given an integer gets a float) or raises ConfigError naming the key, the value and what is allowed."""
+
+    def __init__(self, default, allowed: str, accept: Callable[[Any], bool], null: bool = False,
+                 convert: Callable = lambda v: v):
+        self.default, self.allowed, self.accept, self.null, self.convert = default, allowed, accept, null, convert
+
+    def check(self, name: str, value):
+        if value is None and self.null:
+            return None
+        try:
+            converted = self.convert(value)
+            ok = self.accept(converted)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            allowed = self.allowed + (" or null" if self.null else "")
+            raise ConfigError(f"config key {name!r} = {value!r}: must be {allowed}")
+        return converted
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _to_float(v):
+    # PyYAML reads `1e-3` (no dot) as a string: a numeric string is taken as the number it spells
+    if isinstance(v, str):
+        v = float(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(v)
+    return float(v)
+
+
+def _bound(low, high, low_open, high_open) -> Tuple[str, Callable[[float], bool]]:
+    """('> 0', test) for the bounds of a numeric key."""
+    parts, tests = [], []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low:g}")
+        tests.append((lambda v: v > low) if low_open else (lambda v: v >= low))
+    if high is not None:
+        parts.append(f"{'<' if high_open else '<='} {high:g}")
+        tests.append((lambda v: v < high) if high_open else (lambda v: v <= high))
+    return " and ".join(parts), lambda v: all(t(v) for t in tests)
+
+
+def Int(default, low=None, high=None, null=False) -> Key:
+    text, within = _bound(low, high, False, False)
+    return Key(default, f"an integer {text}".strip(), lambda v: _is_int(v) and within(v), null)
+
+
+def Float(default, low=None, high=None, low_open=False, high_open=False, null=False) -> Key:
+    text, within = _bound(low, high, low_open, high_open)
+    return Key(default, f"a finite number {text}".strip(), lambda v: math.isfinite(v) and within(v), null, _to_float)
+
+
+def Bool(default, null=False) -> Key:
+    return Key(default, "true or false", lambda v: isinstance(v, bool), null)
+
+
+def Choice(default, choices: Sequence, null=False) -> Key:
+    return Key(default, "one of " + ", ".join(map(str, choices)), lambda v: v in choices, null)
+
+
+def Str(default, null=False, allowed="a non-empty string", accept=lambda v: True) -> Key:
+    return Key(default, allowed, lambda v: isinstance(v, str) and v != "" and accept(v), null)
+
+
+def Floats(default, length: int, low=None, high=None, low_open=False, null=False) -> Key:
+    text, within = _bound(low, high, low_open, False)
+    return Key(default, f"a list of {length} finite numbers {text}".strip(),
+               lambda v: len(v) == length and all(math.isfinite(x) and within(x) for x in v), null,
+               lambda v: [_to_float(x) for x in v] if isinstance(v, list) else _fail(v))
+
+
+def Mapping(default) -> Key:
+    return Key(default, "a mapping", lambda v: isinstance(v, dict))
+
+
+def _fail(v):
+    raise TypeError(v)
+
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lion", "nadam", "adan", "rmsprop", "adagrad", "lamb")
+AUTO_AUGMENT = ("randaug", "autoaug", "3a", "trivialaugwide", "augmix")  # mindcv's policy name prefixes
+
+# Every key, its default and what it allows; DEFAULTS below is the defaults alone.
+SCHEMA: Dict[str, Any] = {
+    "seed": Int(42, low=0),
+    "mode": Choice("graph", ("graph", "pynative")),
+    "device_target": Choice("CPU", ("CPU", "GPU", "Ascend")),
+    "output_dir": Str("runs/default"),
     # data: a directory written by `python -m export pack` (manifest.json + MindRecord)
-    "data_dir": None,
-    "image_size": 28,
-    "in_channels": 3,             # images are decoded as RGB (grey images are replicated)
-    "mean": [0.5, 0.5, 0.5],      # per-channel, on the 0..1 scale
-    "std": [0.5, 0.5, 0.5],
-    "transforms": "small",        # small: pad + random crop (28-32 px) | imagenet: mindcv's ImageNet transforms
-    "crop_padding": 2,            # small: random crop with this padding (0 = off)
-    "hflip": True,
-    "rrc_scale": [0.08, 1.0],     # imagenet: RandomResizedCrop scale range
-    "auto_augment": None,         # imagenet: e.g. "randaug-m9-mstd0.5-inc1" (mindcv names)
-    "color_jitter": None,         # imagenet: used when auto_augment is None
-    "re_prob": 0.0,               # imagenet: random erasing probability
-    "interpolation": "bilinear",
-    "crop_pct": 0.875,            # imagenet eval: resize to image_size / crop_pct, centre crop
-    "mixup": 0.0,                 # mixup alpha (0 = off)
-    "cutmix": 0.0,                # cutmix alpha (0 = off)
-    "mixup_prob": 1.0,
-    "mixup_switch_prob": 0.5,
+    "data_dir": Str(None, null=True),
+    "image_size": Int(28, low=1),
+    "in_channels": Choice(3, (3,)),   # images are decoded as RGB (grey images are replicated)
+    "mean": Floats([0.5, 0.5, 0.5], 3),  # per-channel, on the 0..1 scale
+    "std": Floats([0.5, 0.5, 0.5], 3, low=0, low_open=True),
+    "transforms": Choice("small", ("small", "imagenet")),  # small: pad + random crop | imagenet: mindcv's
+    "crop_padding": Int(2, low=0),    # small: random crop with this padding (0 = off)
+    "hflip": Bool(True),
+    "rrc_scale": Floats([0.08, 1.0], 2, low=0, high=1, low_open=True),  # imagenet: RandomResizedCrop scale
+    # imagenet: e.g. "randaug-m9-mstd0.5-inc1" (mindcv names)
+    "auto_augment": Str(None, null=True, allowed="a mindcv policy name starting with " + ", ".join(AUTO_AUGMENT),
+                        accept=lambda v: v.startswith(AUTO_AUGMENT)),
+    "color_jitter": Float(None, low=0, null=True),  # imagenet: used when auto_augment is None
+    "re_prob": Float(0.0, low=0, high=1),           # imagenet: random erasing probability
+    "interpolation": Choice("bilinear", ("bilinear", "bicubic", "nearest", "area", "pilcubic")),
+    "crop_pct": Float(0.875, low=0, high=1, low_open=True),  # imagenet eval: resize to size / crop_pct, crop
+    "mixup": Float(0.0, low=0),       # mixup alpha (0 = off)
+    "cutmix": Float(0.0, low=0),      # cutmix alpha (0 = off)
+    "mixup_prob": Float(1.0, low=0, high=1),
+    "mixup_switch_prob": Float(0.5, low=0, high=1),
     # input pipeline: map/batch workers per device, and whether Python transforms (mindcv's RandAugment,
     # mixup) run in processes instead of threads (README, "Sizing the data workers")
-    "num_parallel_workers": 2,
-    "python_multiprocessing": False,
+    "num_parallel_workers": Int(2, low=1),
+    "python_multiprocessing": Bool(False),
     # model
-    "model": "resnet18_cifar",
-    "model_kwargs": {},
-    "num_classes": None,          # None: from the manifest
-    "pretrained_ckpt": None,
+    "model": Str("resnet18_cifar"),
+    "model_kwargs": Mapping({}),
+    "num_classes": Int(None, low=2, null=True),  # None: from the manifest
+    "pretrained_ckpt": Str(None, null=True),
     # schedule
-    "batch_size": 128,
-    "eval_batch_size": 256,
-    "epoch_size": 10,
-    "stop_at_epoch": None,        # stop (resumably) after this epoch, e.g. to fit a cluster job's time limit
-    "opt": "momentum",
-    "lr": 0.1,
-    "lr_base_batch": None,        # if set: lr is scaled by global_batch / lr_base_batch (e.g. 256)
-    "momentum": 0.9,
-    "nesterov": True,
-    "weight_decay": 5e-4,
-    "weight_decay_filter": "disable",  # mindcv: disable | auto (no decay on bias/norm/1-D) | norm_and_bias
+    "batch_size": Int(128, low=1),
+    "eval_batch_size": Int(256, low=1),
+    "epoch_size": Int(10, low=1),
+    "stop_at_epoch": Int(None, low=1, null=True),  # stop (resumably) after this epoch, e.g. for a job's time limit
+    "opt": Choice("momentum", OPTIMIZERS),
+    "lr": Float(0.1, low=0, low_open=True),
+    "lr_base_batch": Int(None, low=1, null=True),  # if set: lr is scaled by global_batch / lr_base_batch
+    "momentum": Float(0.9, low=0, high=1, high_open=True),
+    "nesterov": Bool(True),
+    "weight_decay": Float(5e-4, low=0),
+    # mindcv: disable | auto (no decay on bias/norm/1-D) | norm_and_bias
+    "weight_decay_filter": Choice("disable", ("disable", "auto", "norm_and_bias")),
     # layer-wise lr decay (MAE/BEiT fine-tuning): layer i of L gets lr * layer_decay ** (L - i); stem 0,
     # block i -> i + 1, head/final norm/projector last. None = off. Decay is then off for all 1-D params
     # and the backbone's no_weight_decay() names (mindcv's param_groups_layer_decay)
-    "layer_decay": None,
-    "scheduler": "cosine_decay",
-    "min_lr": 0.0,
-    "warmup_epochs": 1,
-    "warmup_factor": 0.01,
-    "label_smoothing": 0.0,
-    "clip_grad_norm": 0.0,        # 0 = off
-    "ema": False,                 # keep an EMA of the weights (ema.* in checkpoints)
-    "ema_decay": 0.9999,
-    "ema_warmup": 0,              # 0: constant decay (timm ModelEma); N: mindcv's decay * (1 - exp(-step / N))
+    "layer_decay": Float(None, low=0, high=1, low_open=True, null=True),
+    "scheduler": Choice("cosine_decay", ("cosine_decay", "warmup_cosine_decay", "constant")),
+    "min_lr": Float(0.0, low=0),
+    "warmup_epochs": Int(1, low=0),
+    "warmup_factor": Float(0.01, low=0, high=1),
+    "label_smoothing": Float(0.0, low=0, high=1, high_open=True),
+    "clip_grad_norm": Float(0.0, low=0),  # 0 = off
+    "ema": Bool(False),                   # keep an EMA of the weights (ema.* in checkpoints)
+    "ema_decay": Float(0.9999, low=0, high=1, low_open=True, high_open=True),
+    "ema_warmup": Int(0, low=0),  # 0: constant decay (timm ModelEma); N: mindcv's decay * (1 - exp(-step / N))
     # mixed precision: O0 (float32, CPU) | O1 | O2 | O3 (Ascend/GPU); loss scaling none | fixed | dynamic
-    "amp_level": "O0",
-    "loss_scale_type": "none",
-    "loss_scale": 1024.0,
-    "eval_every": 1,              # epochs between evaluations (0 = only at the end)
-    "save_every": 0,              # also keep epoch_N.ckpt every N epochs (0 = only last.ckpt and best.ckpt)
-    "log_every": 20,              # steps between progress-bar refreshes of the running losses (unsunk runs)
+    "amp_level": Choice("O0", ("O0", "O1", "O2", "O3")),
+    "loss_scale_type": Choice("none", ("none", "fixed", "dynamic")),
+    "loss_scale": Float(1024.0, low=0, low_open=True),
+    "eval_every": Int(1, low=0),  # epochs between evaluations (0 = only at the end)
+    "save_every": Int(0, low=0),  # also keep epoch_N.ckpt every N epochs (0 = only last.ckpt and best.ckpt)
+    "log_every": Int(20, low=1),  # steps between progress-bar refreshes of the running losses (unsunk runs)
     # feed the device from a data queue, whole epochs without a return to Python: null = on for
     # Ascend/GPU, off for CPU (where MindSpore cannot sink; true there runs unsunk)
-    "dataset_sink_mode": None,
+    "dataset_sink_mode": Bool(None, null=True),
     # resume: true replays the input pipeline of the epochs already trained (decode and augment, no
     # training), so the resumed run's augmentations match an uninterrupted run's, not only its order;
     # false starts at once with the same order and new augmentation draws (MindSpore's fast recovery)
-    "exact_resume": True,
+    "exact_resume": Bool(True),
     # GPT4Image alignment (lambda = 0 is the baseline, same code path)
     "align": {
-        "lambda": 0.3,
-        "tau": 0.5,
-        "loss": "infonce",        # infonce | clip | cosine
-        "projector": "linear",    # linear (paper) | mlp (authors' code)
-        "mlp_bn": True,
-        "normalize": True,        # L2-normalise W f before the dot product (authors' code)
+        "lambda": Float(0.3, low=0),
+        "tau": Float(0.5, low=0, low_open=True),
+        "loss": Choice("infonce", ("infonce", "clip", "cosine")),
+        "projector": Choice("linear", ("linear", "mlp")),  # linear (paper) | mlp (authors' code)
+        "mlp_bn": Bool(True),
+        "normalize": Bool(True),  # L2-normalise W f before the dot product (authors' code)
     },
 }
 
 
-class ConfigError(ValueError):
-    pass
+def _defaults(schema: Dict) -> Dict:
+    return {k: _defaults(v) if isinstance(v, dict) else copy.deepcopy(v.default) for k, v in schema.items()}
+
+
+DEFAULTS: Dict[str, Any] = _defaults(SCHEMA)
 
 
 def _merge(base: Dict, new: Dict, schema: Dict, where: str) -> Dict:
@@ -105,9 +206,9 @@ def _merge(base: Dict, new: Dict, schema: Dict, where: str) -> Dict:
         path = f"{where}{key}"
         if key not in schema:
             raise ConfigError(f"unknown config key {path!r}")
-        if isinstance(schema[key], dict) and key != "model_kwargs":
+        if isinstance(schema[key], dict):
             if not isinstance(value, dict):
-                raise ConfigError(f"config key {path!r} must be a mapping")
+                raise ConfigError(f"config key {path!r} must be a mapping, got {value!r}")
             out[key] = _merge(out[key], value, schema[key], path + ".")
         else:
             out[key] = value
@@ -158,41 +259,44 @@ def parse_override(item: str) -> Dict:
 def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Dict:
     cfg = copy.deepcopy(DEFAULTS)
     if path:
-        cfg = _merge(cfg, _load_file(Path(path)), DEFAULTS, "")
+        cfg = _merge(cfg, _load_file(Path(path)), SCHEMA, "")
     for item in overrides:
-        cfg = _merge(cfg, parse_override(item), DEFAULTS, "")
-    validate(cfg)
+        cfg = _merge(cfg, parse_override(item), SCHEMA, "")
+    return validate(cfg)
+
+
+def _check_keys(cfg: Dict, schema: Dict, where: str = "") -> Dict:
+    return {k: _check_keys(cfg[k], spec, f"{where}{k}.") if isinstance(spec, dict) else spec.check(where + k, cfg[k])
+            for k, spec in schema.items()}
+
+
+def validate(cfg: Dict) -> Dict:
+    """Every key's value against SCHEMA, then the relations between keys; returns the checked config
+    (numbers as their key's type). The first problem is raised as one line naming the key(s)."""
+    cfg = _check_keys(cfg, SCHEMA)
+
+    def need(ok: bool, message: str):
+        if not ok:
+            raise ConfigError(message)
+
+    a = cfg["align"]
+    need(cfg["warmup_epochs"] <= cfg["epoch_size"],
+         f"warmup_epochs = {cfg['warmup_epochs']} is longer than epoch_size = {cfg['epoch_size']}: the run would end "
+         f"inside the warmup (set warmup_epochs <= epoch_size, e.g. --set warmup_epochs=0 for a short run)")
+    need(cfg["stop_at_epoch"] is None or cfg["stop_at_epoch"] <= cfg["epoch_size"],
+         f"stop_at_epoch = {cfg['stop_at_epoch']} is after the last epoch (epoch_size = {cfg['epoch_size']})")
+    need(cfg["min_lr"] <= cfg["lr"], f"min_lr = {cfg['min_lr']:g} is above lr = {cfg['lr']:g}")
+    lo, hi = cfg["rrc_scale"]
+    need(lo <= hi, f"rrc_scale = {cfg['rrc_scale']}: the lower bound is above the upper one")
+    need(cfg["batch_size"] >= 2 or a["lambda"] == 0 or a["loss"] == "cosine",
+         f"batch_size = {cfg['batch_size']}: contrastive alignment (align.loss {a['loss']}) needs batch_size >= 2 "
+         f"(the other images of the batch are the negatives)")
+    if cfg["layer_decay"] is not None:  # mindcv would silently skip the layer decay
+        need(cfg["weight_decay_filter"] != "auto",
+             "layer_decay needs weight_decay_filter disable or norm_and_bias, not auto")
     return cfg
 
 
-def validate(cfg: Dict) -> None:
-    if cfg["transforms"] not in ("small", "imagenet"):
-        raise ConfigError(f"transforms must be small or imagenet, got {cfg['transforms']!r}")
-    if cfg["mode"] not in ("graph", "pynative"):
-        raise ConfigError(f"mode must be graph or pynative, got {cfg['mode']!r}")
-    if cfg["amp_level"] not in ("O0", "O1", "O2", "O3"):
-        raise ConfigError(f"amp_level must be O0, O1, O2 or O3, got {cfg['amp_level']!r}")
-    if cfg["loss_scale_type"] not in ("none", "fixed", "dynamic"):
-        raise ConfigError(f"loss_scale_type must be none, fixed or dynamic, got {cfg['loss_scale_type']!r}")
-    if cfg["align"]["lambda"] < 0:
-        raise ConfigError("align.lambda must be >= 0")
-    if cfg["batch_size"] < 2 and cfg["align"]["lambda"] > 0 and cfg["align"]["loss"] != "cosine":
-        raise ConfigError("contrastive alignment needs batch_size >= 2")
-    if cfg["layer_decay"] is not None:
-        if not 0 < cfg["layer_decay"] <= 1:
-            raise ConfigError(f"layer_decay must be in (0, 1], got {cfg['layer_decay']!r}")
-        if cfg["weight_decay_filter"] == "auto":  # mindcv would silently skip the layer decay
-            raise ConfigError("layer_decay needs weight_decay_filter disable or norm_and_bias, not auto")
-    for key in ("dataset_sink_mode", "python_multiprocessing", "exact_resume"):
-        if cfg[key] not in (None, True, False) or (key != "dataset_sink_mode" and cfg[key] is None):
-            raise ConfigError(f"{key} must be true or false" + (" or null" if key == "dataset_sink_mode" else "")
-                              + f", got {cfg[key]!r}")
-    if not isinstance(cfg["num_parallel_workers"], int) or cfg["num_parallel_workers"] < 1:
-        raise ConfigError(f"num_parallel_workers must be an integer >= 1, got {cfg['num_parallel_workers']!r}")
-    for key in ("mean", "std"):
-        if len(cfg[key]) != cfg["in_channels"]:
-            raise ConfigError(f"{key} has {len(cfg[key])} values for in_channels={cfg['in_channels']}")
-
-
 def save_config(cfg: Dict, path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))

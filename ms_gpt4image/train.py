@@ -18,6 +18,7 @@ from mindcv.scheduler import create_scheduler
 from .callbacks import EndOfEpoch, ProgressBar, steady_images_per_s
 from .checkpoint import load_backbone, load_train_state
 from .config import save_config
+from .files import atomic_path, write_failures, write_json_atomic
 from .data import create_dataset, load_manifest, pipeline_errors
 from .distributed import World, init_distributed
 from .engine import NetWithLoss, TrainStep, setup_context
@@ -111,20 +112,47 @@ def sink_mode(cfg: Dict) -> bool:
     return cfg["dataset_sink_mode"]
 
 
-def restore(step, out: Path, resume, main: bool, rank: int):
+def run_signature(cfg: Dict, manifest: Dict, steps_per_epoch: int) -> Dict:
+    """What a training checkpoint records of its run, for `--resume` to compare (checkpoint.MUST_MATCH)."""
+    a = cfg["align"]
+    return {"model": cfg["model"], "model_kwargs": cfg["model_kwargs"],
+            "num_classes": num_classes_of(cfg, manifest), "embedding_dim": manifest["embedding"]["dim"],
+            "projector": a["projector"], "mlp_bn": a["mlp_bn"], "ema": cfg["ema"], "opt": cfg["opt"],
+            "layer_decay": cfg["layer_decay"], "epoch_size": cfg["epoch_size"], "steps_per_epoch": steps_per_epoch}
+
+
+def read_log(path: Path, up_to_epoch: int):
+    """log.jsonl's lines of epochs <= up_to_epoch; a line that does not parse (a write cut short by an
+    older version or by hand) is dropped with a warning instead of failing the resume."""
+    kept = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            if json.loads(line)["epoch"] <= up_to_epoch:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            print(f"warning: {path} line {n} is not a log record; dropped")
+    return kept
+
+
+def restore(step, out: Path, resume, run: Dict, cfg: Dict, main: bool, rank: int):
     """(start epoch, best top-1) from a training checkpoint, or (0, -1) for a fresh run; the log is
     cut back to the restored epoch."""
     log_path = out / "log.jsonl"
     ckpt = resume_path(out, resume)
     if ckpt is None:
         if main and log_path.exists():
-            log_path.unlink()
+            with write_failures(log_path):
+                log_path.unlink()
         return 0, -1.0
-    state = load_train_state(step, ckpt)
+    state = load_train_state(step, ckpt, run, cfg["epoch_size"], run["steps_per_epoch"])
     print(f"rank {rank}: resumed from {ckpt} at epoch {state['epoch']}")
+    if state["steps_per_epoch"] not in (None, run["steps_per_epoch"]) and main:
+        print(f"steps per epoch changed from {state['steps_per_epoch']} to {run['steps_per_epoch']} (batch size, "
+              f"device count or data): the schedule continues at epoch {state['epoch']}")
     if main and log_path.exists():
-        kept = [l for l in log_path.read_text().splitlines() if json.loads(l)["epoch"] <= state["epoch"]]
-        log_path.write_text("".join(l + "\n" for l in kept))
+        kept = read_log(log_path, state["epoch"])
+        with write_failures(log_path), atomic_path(log_path) as tmp:
+            tmp.write_text("".join(l + "\n" for l in kept))
     return state["epoch"], state["best_top1"]
 
 
@@ -134,8 +162,9 @@ def train(cfg: Dict, resume=False) -> Dict:
     world = init_distributed()
     out = Path(cfg["output_dir"])
     if world.is_main:  # only rank 0 writes files
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+        with write_failures(out / "config.yaml"):
+            out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, out / "config.yaml")
     manifest = load_manifest(cfg["data_dir"])
     train_ds, n_train = create_dataset(cfg, "train", **world.shard)
     steps = train_ds.get_dataset_size()
@@ -143,9 +172,10 @@ def train(cfg: Dict, resume=False) -> Dict:
         raise ValueError(f"{cfg['data_dir']}: {n_train} training samples per device < batch_size {cfg['batch_size']}")
     eval_ds, n_eval = create_dataset(cfg, "eval", **world.shard)  # every rank evaluates its slice
     n_eval_all = manifest["splits"]["eval"]["count"]
+    run = run_signature(cfg, manifest, steps)
     net, step, lr = build_training(cfg, steps, manifest, world)
     ema_net = build_backbone(dict(cfg, pretrained_ckpt=None), manifest["num_classes"]) if cfg["ema"] else None
-    start_epoch, best = restore(step, out, resume, world.is_main, world.rank)
+    start_epoch, best = restore(step, out, resume, run, cfg, world.is_main, world.rank)
     if start_epoch >= cfg["epoch_size"] and (out / "summary.json").exists():
         return json.loads((out / "summary.json").read_text())  # finished before: nothing to do
     a, sunk = cfg["align"], sink_mode(cfg)
@@ -159,7 +189,7 @@ def train(cfg: Dict, resume=False) -> Dict:
               f"data {'sunk' if sunk and cfg['device_target'] != 'CPU' else 'fed from Python'}")
 
     # the epoch loop (mindspore.train.Model) and the end-of-epoch actions (callbacks.py)
-    end_of_epoch = EndOfEpoch(cfg, step, net, lr, eval_ds, ema_net, world, out, best)
+    end_of_epoch = EndOfEpoch(cfg, step, net, lr, eval_ds, ema_net, world, out, best, run)
     bar = ProgressBar(step, steps, cfg["epoch_size"], cfg["log_every"], enabled=world.is_main)
     t_start = time.time()
     if start_epoch < cfg["epoch_size"]:
@@ -169,8 +199,11 @@ def train(cfg: Dict, resume=False) -> Dict:
             if cfg["exact_resume"] and world.is_main:
                 print(f"replaying the input pipeline of epochs 1-{start_epoch} (exact_resume: true)")
         with pipeline_errors("train", cfg["data_dir"]):
-            Model(step).train(cfg["epoch_size"], train_ds, callbacks=[bar, end_of_epoch], dataset_sink_mode=sunk,
-                              initial_epoch=start_epoch)
+            try:
+                Model(step).train(cfg["epoch_size"], train_ds, callbacks=[bar, end_of_epoch], dataset_sink_mode=sunk,
+                                  initial_epoch=start_epoch)
+            finally:
+                bar.close()
 
     last_eval = end_of_epoch.last_eval
     summary = {"model": cfg["model"], "lambda": a["lambda"], "epochs": cfg["epoch_size"], "devices": world.size,
@@ -180,5 +213,5 @@ def train(cfg: Dict, resume=False) -> Dict:
                "wall_time_s": time.time() - t_start,
                "train_images_per_s": steady_images_per_s(end_of_epoch.records)}
     if world.is_main:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json_atomic(out / "summary.json", summary)
     return summary

@@ -131,7 +131,7 @@ if (( DRY )); then
   [[ $DESC_BS == 64 ]] && DESC_BS=4
   DESCRIBE_EXTRA=(--device cpu --max-new-tokens 8); EMBED_EXTRA=(--device cpu --batch-size 16)
   TINY_SET=(--set device_target=CPU --set amp_level=O0 --set loss_scale_type=none --set mode=graph
-            --set epoch_size=1 --set batch_size=8 --set eval_batch_size=16 --set num_parallel_workers=1
+            --set epoch_size=1 --set warmup_epochs=0 --set batch_size=8 --set eval_batch_size=16 --set num_parallel_workers=1
             --set "model_kwargs={width: 4}")
   (( TRAIN_DEVICES == 1 )) || usage "--dry-run-tiny trains in one process (--train-devices 1)"
   NOTE="Dry run: tiny random BLIP-2 and CLIP, one epoch of a width-4 ResNet-18 on the CPU; these figures test the chain, not the paper."

@@ -53,3 +53,55 @@ def test_base_merges_mappings_but_replaces_model_kwargs(tmp_path):
     assert cfg["model_kwargs"] == {"drop_path_rate": 0.1}
     assert cfg["align"]["lambda"] == 0.0 and cfg["align"]["tau"] == 0.2
     assert load_config(str(tmp_path / "base.yaml"), ["model_kwargs={depth: 1}"])["model_kwargs"] == {"depth": 1}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("lr=-0.1", "config key 'lr' = -0.1: must be a finite number > 0"),
+    ("lr=.nan", "config key 'lr' = nan: must be a finite number > 0"),
+    ("lr=abc", "config key 'lr' = 'abc': must be a finite number > 0"),
+    ("epoch_size=0", "config key 'epoch_size' = 0: must be an integer >= 1"),
+    ("epoch_size=2.5", "config key 'epoch_size' = 2.5: must be an integer >= 1"),
+    ("image_size=-5", "config key 'image_size' = -5: must be an integer >= 1"),
+    ("batch_size=[16, 32]", "config key 'batch_size' = [16, 32]: must be an integer >= 1"),
+    ("seed=true", "config key 'seed' = True: must be an integer >= 0"),
+    ("align.tau=0", "config key 'align.tau' = 0: must be a finite number > 0"),
+    ("align.lambda=-1", "config key 'align.lambda' = -1: must be a finite number >= 0"),
+    ("align.loss=triplet", "config key 'align.loss' = 'triplet': must be one of infonce, clip, cosine"),
+    ("align=0.3", "config key 'align' must be a mapping, got 0.3"),
+    ("model_kwargs=[1]", "config key 'model_kwargs' = [1]: must be a mapping"),
+    ("mean=[0.5, 0.5]", "config key 'mean' = [0.5, 0.5]: must be a list of 3 finite numbers"),
+    ("std=[0.5, 0, 0.5]", "config key 'std' = [0.5, 0, 0.5]: must be a list of 3 finite numbers > 0"),
+    ("rrc_scale=[0.9, 0.1]", "rrc_scale = [0.9, 0.1]: the lower bound is above the upper one"),
+    ("ema_decay=1", "config key 'ema_decay' = 1: must be a finite number > 0 and < 1"),
+    ("crop_pct=1.5", "config key 'crop_pct' = 1.5: must be a finite number > 0 and <= 1"),
+    ("opt=sgdd", "config key 'opt' = 'sgdd': must be one of sgd, momentum"),
+    ("scheduler=cosine", "config key 'scheduler' = 'cosine': must be one of cosine_decay"),
+    ("auto_augment=rand-m9", "config key 'auto_augment' = 'rand-m9': must be a mindcv policy name starting with"),
+    ("num_classes=1", "config key 'num_classes' = 1: must be an integer >= 2 or null"),
+    ("dataset_sink_mode=maybe", "config key 'dataset_sink_mode' = 'maybe': must be true or false or null"),
+    ("warmup_epochs=11", "warmup_epochs = 11 is longer than epoch_size = 10"),
+    ("stop_at_epoch=11", "stop_at_epoch = 11 is after the last epoch (epoch_size = 10)"),
+    ("min_lr=0.5", "min_lr = 0.5 is above lr = 0.1"),
+    ("batch_size=1", "batch_size = 1: contrastive alignment (align.loss infonce) needs batch_size >= 2"),
+])
+def test_values_that_cannot_work_are_refused_naming_key_value_and_what_is_allowed(override, message):
+    from ms_gpt4image.config import ConfigError
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_numbers_are_read_as_their_keys_type(tmp_path):
+    """PyYAML reads `1e-3` (no dot) as a string; an integer given to a float key becomes a float."""
+    p = tmp_path / "c.yaml"
+    p.write_text("lr: 1e-3\nweight_decay: 0\nalign: {tau: 1}\n")
+    cfg = load_config(str(p))
+    assert cfg["lr"] == 0.001 and isinstance(cfg["weight_decay"], float) and cfg["align"]["tau"] == 1.0
+    assert load_config(None, ["align.lambda=0", "batch_size=1"])["batch_size"] == 1  # no alignment: no negatives
+
+
+def test_a_bad_value_on_the_command_line_is_one_line_and_exit_2(tmp_path):
+    from conftest import run_cli
+    p = run_cli("-m", "ms_gpt4image", "train", "-c", CONFIG_DIR / "demo_fmnist.yaml", "--set", "epoch_size=0",
+                check=False)
+    assert p.returncode == 2 and p.stderr.strip() == "error: config key 'epoch_size' = 0: must be an integer >= 1"
