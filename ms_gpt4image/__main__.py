@@ -91,9 +91,12 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        if a.cmd != "train" or cfg is None:
-            return interrupted("nothing written")
-        return interrupted(_train_kept(Path(cfg["output_dir"]), cfg["epoch_size"], argv))
+        if a.cmd == "train" and cfg is not None:
+            return interrupted(_train_kept(Path(cfg["output_dir"]), cfg["epoch_size"], argv))
+        if a.cmd == "export":
+            return interrupted(f"the export to {a.out} did not finish (its files may be incomplete); run it again: "
+                               f"{command_line('python -m ms_gpt4image', argv)}")
+        return interrupted("nothing written")
     print(json.dumps(result, indent=2))
     return 0
 

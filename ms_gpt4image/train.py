@@ -95,14 +95,18 @@ def loss_scale_sense(cfg: Dict):
 
 
 def resume_path(out: Path, resume) -> Optional[Path]:
-    """resume: False/None (fresh run), True (OUTPUT_DIR/last.ckpt if present) or a checkpoint path."""
+    """resume: False/None (fresh run), True (OUTPUT_DIR/last.ckpt if present), a checkpoint path or a
+    run's output directory (its last.ckpt)."""
     if not resume:
         return None
     if resume is True:
         return out / "last.ckpt" if (out / "last.ckpt").exists() else None
-    if not Path(resume).exists():
+    path = Path(resume)
+    if path.is_dir():  # a run's output directory: its last.ckpt
+        path = path / "last.ckpt"
+    if not path.is_file():
         raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
-    return Path(resume)
+    return path
 
 
 def sink_mode(cfg: Dict) -> bool:
@@ -161,6 +165,8 @@ def train(cfg: Dict, resume=False) -> Dict:
     setup_context(cfg)  # the same seed on every rank: identical initial weights
     world = init_distributed()
     out = Path(cfg["output_dir"])
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output_dir {out} is a file, not a directory")
     if world.is_main:  # only rank 0 writes files
         with write_failures(out / "config.yaml"):
             out.mkdir(parents=True, exist_ok=True)

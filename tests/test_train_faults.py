@@ -109,7 +109,7 @@ def test_training_longer_continues_on_the_schedule_of_the_new_length(finished, t
     from mindcv.scheduler import create_scheduler
     args, run = _copy(finished, tmp_path)
     first = _log(run)
-    p = _train(*args, "--set", "epoch_size=3", "--resume")
+    p = _train(*args, "--set", "epoch_size=3", "--resume", run)  # a run directory: its last.ckpt
     assert p.returncode == 0, p.stderr[-3000:]
     log = _log(run)
     assert [r["epoch"] for r in log] == [1, 2, 3] and log[:2] == first
@@ -189,6 +189,12 @@ def test_an_interrupted_run_says_what_it_kept_and_how_to_continue(packed, tmp_pa
     p = _train("-c", cfg, "--resume", "--set", f"stop_at_epoch={epoch + 1}")
     assert p.returncode == 0 and f"at epoch {epoch}" in p.stdout, p.stderr[-3000:]
     assert [r["epoch"] for r in _log(run)] == list(range(1, epoch + 2))
+
+
+def test_an_output_dir_that_is_a_file_is_one_line(finished, tmp_path):
+    (tmp_path / "file").write_text("x")
+    _one_line_error(_train("-c", finished["cfg"], "--set", f"output_dir={tmp_path / 'file'}"),
+                    f"output_dir {tmp_path / 'file'} is a file, not a directory")
 
 
 def test_numeric_flags_that_cannot_work_are_refused(trained):
