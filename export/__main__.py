@@ -1,8 +1,12 @@
 """python -m export describe|merge|import-descriptions|embed|import-embeddings|pack|verify|inspect|dump-torch ..."""
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
+
+from ms_gpt4image.cli import (command_line, int_at_least, interrupted, nonnegative_int, positive_float, positive_int,
+                              sigterm_interrupts)
 
 
 def _source_args(p):
@@ -21,16 +25,54 @@ def _limit(n_total, limit):
     return range(n_total if limit is None else min(limit, n_total))
 
 
+def _shard(text):
+    from .describe import parse_shard
+    try:
+        return parse_shard(text)
+    except ValueError as e:  # argparse reports an ArgumentTypeError's own message
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+# What an interruption (Ctrl-C, SIGTERM) leaves, in one line, and the command line that goes on from there.
+
+def _describe_kept(a, again):
+    from .io_utils import read_jsonl
+    out = Path(a.out)
+    done = {r["index"] for r in read_jsonl(out)} if out.exists() else set()
+    wanted = getattr(a, "indices", None)  # unset when interrupted before the source was opened
+    kept = f"{len(done)}" if wanted is None else f"{len(done & set(wanted))} of {len(wanted)}"
+    return f"{kept} descriptions kept in {out} (resumable); continue with: {again}"
+
+
+def _embed_kept(a, again):
+    parts = Path(f"{a.out}.parts")
+    chunks = len(list(parts.glob("chunk_*.npy")))
+    if not chunks:
+        return f"no chunk of {a.chunk_size} descriptions was finished, nothing kept; start again with: {again}"
+    total = math.ceil(json.loads((parts / "state.json").read_text())["count"] / a.chunk_size)
+    return f"{chunks} of {total} chunks ({a.chunk_size} descriptions each) kept in {parts}; the same command " \
+           f"continues with the rest: {again}"
+
+
+def _nothing_written(a, again):
+    return f"nothing written under {a.out}; start again with: {again}"
+
+
+def _unfinished(a, again):
+    return f"{a.cmd} did not finish; run it again: {again}"
+
+
 def cmd_describe(a):
     from .desc_cache import open_cache
-    from .describe import parse_shard, run_describe
+    from .describe import run_describe
     from .describers import create_describer, load_plugins
     load_plugins(a.plugin)
     src = _open(a, a.split)
     indices = list(_limit(len(src), a.limit))
     if a.shard:
-        i, n = parse_shard(a.shard)
+        i, n = a.shard
         indices = indices[i::n]
+    a.indices = indices  # for the interruption's count
     kwargs = dict(prompt=a.prompt, prompt_template=a.prompt_template, max_new_tokens=a.max_new_tokens,
                   device=a.device, dtype=a.dtype, **({"model": a.model} if a.model else {}))
     describer = create_describer(a.backend, **kwargs)
@@ -55,7 +97,7 @@ def cmd_merge(a):
 
 def cmd_embed(a):
     from .embed import create_encoder, run_embed
-    return run_embed(a.descriptions, a.out, create_encoder(a.backend, a.model, a.device), a.batch_size)
+    return run_embed(a.descriptions, a.out, create_encoder(a.backend, a.model, a.device), a.batch_size, a.chunk_size)
 
 
 def cmd_pack(a):
@@ -94,7 +136,7 @@ def main(argv=None):
     p = sub.add_parser("describe", help="write one description per training image (JSONL, resumable)")
     _source_args(p)
     p.add_argument("--split", default="train")
-    p.add_argument("--limit", type=int, default=None, help="first N images of the canonical order")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N images of the canonical order")
     p.add_argument("--backend", default="template",
                    help="template | blip2 | instructblip | llava | llava-next | vlm (any chat VLM) | a plugin's")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
@@ -104,19 +146,19 @@ def main(argv=None):
     p.add_argument("--prompt-template", default=None,
                    help="format string around the prompt, e.g. 'Question: {prompt} Answer:' "
                         "(default: the backend's; chat backends use the processor's chat template)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default 30 for short, 120 otherwise")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None, help="default 30 for short, 120 otherwise")
     p.add_argument("--cache", default=None,
                    help="description cache (SQLite) keyed by image content; default describe_cache.sqlite "
                         "beside --out; 'none' disables it")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on CUDA)")
     p.add_argument("--skip-bad", action="store_true",
                    help="record undecodable images in OUT.skipped.jsonl and go on (default: stop with an error)")
-    p.add_argument("--shard", default=None, metavar="i/n",
+    p.add_argument("--shard", type=_shard, default=None, metavar="i/n",
                    help="describe only every n-th image starting at i (one part per GPU/host; merge after)")
     p.add_argument("--out", required=True)
-    p.set_defaults(fn=cmd_describe)
+    p.set_defaults(fn=cmd_describe, kept=_describe_kept)
 
     p = sub.add_parser("merge", help="merge the JSONL parts of sharded describe runs")
     p.add_argument("parts", nargs="+")
@@ -137,9 +179,12 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX.npy, PREFIX.index.npy, PREFIX.meta.json")
     p.add_argument("--backend", default="sentence-transformers", help="sentence-transformers | hf-clip | open-clip")
     p.add_argument("--model", default=None, help="default: the packaged all-MiniLM-L6-v2")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--chunk-size", type=positive_int, default=65536,
+                   help="descriptions per chunk saved under PREFIX.parts/: an interrupted run resumes at the first "
+                        "missing chunk")
     p.add_argument("--device", default=None)
-    p.set_defaults(fn=cmd_embed)
+    p.set_defaults(fn=cmd_embed, kept=_embed_kept)
 
     p = sub.add_parser("import-embeddings", help="an existing [N, k] embedding tensor -> embeddings files for pack")
     p.add_argument("--src", required=True, help=".pth / .npy / .safetensors; row i = source index i")
@@ -155,21 +200,21 @@ def main(argv=None):
     p.add_argument("--descriptions", required=True)
     p.add_argument("--embeddings", required=True, help="prefix given to embed --out")
     p.add_argument("--eval-split", default="test")
-    p.add_argument("--eval-limit", type=int, default=None)
-    p.add_argument("--shards", type=int, default=1,
+    p.add_argument("--eval-limit", type=positive_int, default=None)
+    p.add_argument("--shards", type=positive_int, default=1,
                    help="files per split at least (e.g. the device count); more when one would pass --max-shard-mb")
-    p.add_argument("--max-shard-mb", type=float, default=1024,
+    p.add_argument("--max-shard-mb", type=positive_float, default=1024,
                    help="size cap per MindRecord file; it bounds pack's memory (MindRecord indexes a file in memory)")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(fn=cmd_pack)
+    p.set_defaults(fn=cmd_pack, kept=_nothing_written)
 
     p = sub.add_parser("verify", help="read packed MindRecord back and check it against the manifest")
     p.add_argument("data_dir")
     p.add_argument("--source", default=None, help="the source to check against (default: the manifest's)")
     p.add_argument("--root", default=None)
     p.add_argument("--no-source", action="store_true", help="check the files alone, not against the source")
-    p.add_argument("--check-images", type=int, default=256,
+    p.add_argument("--check-images", type=int_at_least(0, also=(-1,)), default=256,
                    help="images per split decoded and compared pixel for pixel with the source (spread evenly; -1: all)")
     p.set_defaults(fn=cmd_verify)
 
@@ -185,13 +230,14 @@ def main(argv=None):
     p.add_argument("--allow-empty-classes", action="store_true", help="imagefolder: as for describe and pack")
     p.add_argument("--name", default=None, help="column name of the set (default: the file's stem)")
     p.add_argument("--compare-name", default=None)
-    p.add_argument("--seed", type=int, default=0, help="fixes every sample")
-    p.add_argument("--probe-rows", type=int, default=20000, help="stratified sample for the k-NN and linear probes")
-    p.add_argument("--near-dup-queries", type=int, default=5000,
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="fixes every sample")
+    p.add_argument("--probe-rows", type=positive_int, default=20000,
+                   help="stratified sample for the k-NN and linear probes")
+    p.add_argument("--near-dup-queries", type=positive_int, default=5000,
                    help="rows whose nearest neighbour is searched among all rows")
-    p.add_argument("--tsne-classes", type=int, default=50)
-    p.add_argument("--tsne-per-class", type=int, default=250)
-    p.set_defaults(fn=cmd_inspect)
+    p.add_argument("--tsne-classes", type=positive_int, default=50)
+    p.add_argument("--tsne-per-class", type=positive_int, default=250)
+    p.set_defaults(fn=cmd_inspect, kept=_nothing_written)
 
     p = sub.add_parser("dump-torch", help="PyTorch checkpoint -> .npz state dict (used by ms_gpt4image convert)")
     p.add_argument("src")
@@ -201,8 +247,11 @@ def main(argv=None):
     p.set_defaults(fn=cmd_dump_torch)
 
     a = ap.parse_args(argv)
+    sigterm_interrupts()
     try:
         result = a.fn(a)
+    except KeyboardInterrupt:
+        return interrupted(getattr(a, "kept", _unfinished)(a, command_line("python -m export", argv)))
     except (ValueError, KeyError, IndexError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ from typing import Dict, List, Sequence, Tuple
 from tqdm import tqdm
 
 from .desc_cache import describer_identity, image_key
-from .io_utils import read_jsonl, truncate_torn_tail, write_json_atomic
+from .io_utils import atomic_path, read_jsonl, truncate_torn_tail, whole_lines, write_json_atomic
 
 
 def meta_path(out_path) -> Path:
@@ -49,7 +49,7 @@ def run_describe(source, describer, out_path, indices: Sequence[int], batch_size
     done |= skipped
     todo = [i for i in indices if i not in done]
     cached = 0
-    with open(out_path, "a", encoding="utf-8") as f, \
+    with whole_lines(out_path, spath), open(out_path, "a", encoding="utf-8") as f, \
             tqdm(total=len(indices), initial=len(indices) - len(todo), desc="describe", unit="img") as bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
@@ -128,13 +128,14 @@ def _describe_cached(describe, images, names, identity, cache) -> Tuple[List[str
 
 
 def parse_shard(text: str):
-    """'i/n' -> (i, n): this worker takes every n-th image starting at i (0 <= i < n)."""
+    """'i/n' -> (i, n): this worker takes every n-th image starting at i (0 <= i < n). The messages
+    follow argparse's 'argument --shard: ' (the command line's type)."""
     try:
         i, n = (int(v) for v in text.split("/"))
     except ValueError:
-        raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+        raise ValueError(f"must look like i/n (e.g. 0/4), got {text!r}") from None
     if not 0 <= i < n:
-        raise ValueError(f"--shard {text}: need 0 <= i < n")
+        raise ValueError(f"{text!r}: need 0 <= i < n")
     return i, n
 
 
@@ -158,9 +159,8 @@ def merge_descriptions(parts, out_path) -> Dict:
         if len(values) > 1:
             raise ValueError(f"parts differ in {key}: {sorted(values)}")
     rows.sort(key=lambda r: r["index"])
-    tmp = out_path.with_name(out_path.name + ".partial")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(out_path)
+    with atomic_path(out_path) as tmp:
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     if metas and metas[0]:
         write_json_atomic(meta_path(out_path), metas[0])
     return {"parts": len(metas), "descriptions": len(rows), "out": str(out_path)}

@@ -15,7 +15,7 @@ import numpy as np
 
 from .describe import meta_path
 from .descriptions import DescriptionSet
-from .io_utils import npy_writer, save_npy_atomic, write_json_atomic
+from .io_utils import atomic_path, npy_writer, save_npy_atomic, write_json_atomic
 
 
 def _torch_load(path):
@@ -71,9 +71,8 @@ def import_descriptions(src, source, out_path, fmt: str = "auto", prompt: Option
         rows.append({"index": i, "label": label, "description": r["description"]})
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".partial")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(out_path)
+    with atomic_path(out_path) as tmp:
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     write_json_atomic(meta_path(out_path), {"source": source.name, "class_names": source.class_names,
                                             "backend": "import", "model": Path(src).name, "prompt": prompt})
     return {"descriptions": len(rows), "source_images": len(source), "out": str(out_path)}

@@ -21,10 +21,10 @@ so two sets that share indices are sampled on the same images: the comparison is
 Embeddings are memory-mapped; only sampled rows, or one chunk at a time, are read.
 """
 import collections
+import contextlib
 import hashlib
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .descriptions import DescriptionSet
-from .io_utils import write_json_atomic
+from .io_utils import atomic_path
 
 NEAR_DUP_COS = 0.99
 BLOCK_FLOATS = 1 << 25  # bounds each near-duplicate chunk and its similarity block (128 MB each)
@@ -261,10 +261,8 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(path, format="png", dpi=110, bbox_inches="tight")  # format: a temporary name has no .png
     _pyplot().close(fig)
-    os.replace(tmp, path)
 
 
 def plot_tsne(panels, classes, names: List[str], path: Path) -> None:
@@ -338,10 +336,6 @@ def report_md(sets: Dict[str, Dict], figures: List[str]) -> str:
 def run_inspect(descriptions, embeddings, out_dir, compare=None, compare_embeddings=None, source=None, root=None,
                 name=None, compare_name=None, seed: int = 0, probe_rows: int = 20000, near_dup_queries: int = 5000,
                 tsne_classes: int = 50, tsne_per_class: int = 250, allow_empty_classes: bool = False) -> Dict:
-    for flag, v in (("probe-rows", probe_rows), ("near-dup-queries", near_dup_queries),
-                    ("tsne-classes", tsne_classes), ("tsne-per-class", tsne_per_class)):
-        if v < 1:
-            raise ValueError(f"--{flag} must be at least 1, not {v}")
     if (compare is None) != (compare_embeddings is None):
         raise ValueError("--compare and --compare-embeddings go together")
     specs = [(name or Path(descriptions).stem, descriptions, embeddings)]
@@ -378,13 +372,7 @@ def run_inspect(descriptions, embeddings, out_dir, compare=None, compare_embeddi
                        "tsne_rows": len(trows)}
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.json").unlink(missing_ok=True)  # written last: its presence marks a complete report
     tsne_png = out_dir / ("tsne_compare.png" if compare else "tsne.png")
-    plot_tsne(panels, tsne_cls, names[0][0], tsne_png)
-    plot_lengths(hists, out_dir / "lengths.png")
-    (out_dir / "report.md.tmp").write_text(report_md(sets, [tsne_png.name, "lengths.png"]))
-    os.replace(out_dir / "report.md.tmp", out_dir / "report.md")
     sizes = lambda key: {s: v[key] for s, v in sets.items()}  # noqa: E731
     report = {
         "sets": sets,
@@ -408,5 +396,15 @@ def run_inspect(descriptions, embeddings, out_dir, compare=None, compare_embeddi
         "files": {k: str(out_dir / f) for k, f in (("json", "report.json"), ("markdown", "report.md"),
                                                    ("tsne", tsne_png.name), ("lengths", "lengths.png"))},
     }
-    write_json_atomic(out_dir / "report.json", report)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # every file under a temporary name first, all renamed when the block ends (in reverse order: report.json
+    # last, its presence marks a complete report), so an error or an interruption leaves OUT as it was
+    with contextlib.ExitStack() as stack:
+        tmp = {f: stack.enter_context(atomic_path(out_dir / f))
+               for f in ("report.json", "report.md", tsne_png.name, "lengths.png")}
+        plot_tsne(panels, tsne_cls, names[0][0], tmp[tsne_png.name])
+        plot_lengths(hists, tmp["lengths.png"])
+        tmp["report.md"].write_text(report_md(sets, [tsne_png.name, "lengths.png"]))
+        tmp["report.json"].write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        (out_dir / "report.json").unlink(missing_ok=True)  # an old one must not vouch for a mix of files
     return report

@@ -8,6 +8,8 @@ from typing import Dict, Iterator, Tuple
 
 import numpy as np
 
+from ms_gpt4image.files import atomic_path  # one definition for both halves (no mindspore import)
+
 
 def sha256_file(path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
@@ -18,37 +20,26 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
 
 
 def write_json_atomic(path, obj) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 def save_npy_atomic(path, arr: np.ndarray) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.save adds no .npy to the name
+        np.save(f, arr)
 
 
 @contextlib.contextmanager
 def npy_writer(path, shape: Tuple[int, ...]):
     """A float32 .npy memmap filled in place (bounded memory), renamed to `path` only when the block
-    finishes; on any error the temporary file is removed and nothing appears under `path`."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.npy")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-    done = False
-    try:
-        yield out
-        out.flush()
-        done = True
-    finally:
-        del out  # closes the memmap before the rename or removal
-        if done:
-            os.replace(tmp, path)
-        else:
-            tmp.unlink()
+    finishes; on any error or interruption the temporary file is removed and nothing appears under `path`."""
+    with atomic_path(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+        try:
+            yield out
+            out.flush()
+        finally:
+            del out  # closes the memmap before the rename or removal
 
 
 def read_jsonl(path) -> Iterator[Dict]:
@@ -87,3 +78,15 @@ def truncate_torn_tail(path) -> None:
                 return
             pos -= step
         f.truncate(0)
+
+
+@contextlib.contextmanager
+def whole_lines(*paths):
+    """On an error or an interruption inside the block, cuts a half-written last line off each file
+    (a write interrupted mid-way), so the files hold whole lines only."""
+    try:
+        yield
+    except BaseException:
+        for path in paths:
+            truncate_torn_tail(path)
+        raise

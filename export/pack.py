@@ -4,8 +4,10 @@ Layout of the output directory (the contract with the training half, see DESIGN.
   train.mindrecord[N]  index int64, label int32, image bytes, text_emb float32[k], description string
   eval.mindrecord[N]   index int64, label int32, image bytes
   manifest.json        dataset, class names, counts, embedding/describer provenance, sha256 per file
-Everything is written into `<out>.partial/` and renamed to `<out>` only when complete.
+Everything is written into `<out>.partial/` and renamed to `<out>` only when complete; an error or an
+interruption removes `<out>.partial/`.
 """
+import contextlib
 import datetime
 import json
 import os
@@ -63,6 +65,26 @@ def _write_split(path: Path, schema: Dict, rows, count: int, shards: int, desc: 
     return files
 
 
+@contextlib.contextmanager
+def _partial_dir(out_dir: Path):
+    """Yields OUT.partial to fill. When the block finishes it takes OUT's place by renames (an
+    interruption never leaves a half-deleted OUT); on an error or an interruption it is removed."""
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = out_dir.with_name(out_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def run_pack(train_source, eval_source, descriptions_path, embeddings_prefix, out_dir,
              eval_indices: Optional[Sequence[int]] = None, shards: int = 1, overwrite: bool = False,
              source_spec: Optional[Dict] = None, max_shard_mb: float = 1024) -> Dict:
@@ -91,39 +113,36 @@ def run_pack(train_source, eval_source, descriptions_path, embeddings_prefix, ou
     dim = int(emb.shape[1])
     train_schema = dict(TRAIN_SCHEMA, text_emb={"type": "float32", "shape": [dim]})
 
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    train_rows = ({"index": r["index"], "label": r["label"], "image": train_source.encoded(r["index"]),
-                   "text_emb": np.asarray(emb[n], dtype=np.float32), "description": r["description"]}
-                  for n, r in enumerate(descs.records()))
-    mean_desc = os.path.getsize(descriptions_path) / max(len(descs), 1)  # JSON overhead included: an upper bound
-    train_shards = auto_shards(train_source, descs.indices.tolist(), 4 * dim + mean_desc, max_shard_mb, shards)
-    eval_shards = auto_shards(eval_source, eval_indices, 0, max_shard_mb, shards)
-    train_files = _write_split(tmp / "train.mindrecord", train_schema, train_rows, len(descs), train_shards, "train")
-    eval_rows = ({"index": i, "label": eval_source.label(i), "image": eval_source.encoded(i)} for i in eval_indices)
-    eval_files = _write_split(tmp / "eval.mindrecord", EVAL_SCHEMA, eval_rows, len(eval_indices), eval_shards, "eval")
+    with _partial_dir(out_dir) as tmp:
+        train_rows = ({"index": r["index"], "label": r["label"], "image": train_source.encoded(r["index"]),
+                       "text_emb": np.asarray(emb[n], dtype=np.float32), "description": r["description"]}
+                      for n, r in enumerate(descs.records()))
+        mean_desc = os.path.getsize(descriptions_path) / max(len(descs), 1)  # JSON overhead included: an upper bound
+        train_shards = auto_shards(train_source, descs.indices.tolist(), 4 * dim + mean_desc, max_shard_mb, shards)
+        eval_shards = auto_shards(eval_source, eval_indices, 0, max_shard_mb, shards)
+        train_files = _write_split(tmp / "train.mindrecord", train_schema, train_rows, len(descs), train_shards,
+                                   "train")
+        eval_rows = ({"index": i, "label": eval_source.label(i), "image": eval_source.encoded(i)} for i in eval_indices)
+        eval_files = _write_split(tmp / "eval.mindrecord", EVAL_SCHEMA, eval_rows, len(eval_indices), eval_shards,
+                                  "eval")
 
-    dmeta_path = Path(str(descriptions_path) + ".meta.json")
-    describer = json.loads(dmeta_path.read_text()) if dmeta_path.exists() else {}
-    manifest = {
-        "dataset": train_source.name,
-        "source": source_spec,
-        "class_names": train_source.class_names,
-        "num_classes": len(train_source.class_names),
-        "embedding": {k: emb_meta.get(k) for k in ("model", "dim", "normalized", "max_tokens")},
-        "describer": {k: describer.get(k) for k in ("backend", "model", "prompt")},
-        "splits": {
-            "train": {"count": len(descs), "columns": sorted(train_schema),
-                      "files": [{"name": f, "sha256": sha256_file(tmp / f)} for f in train_files]},
-            "eval": {"count": len(eval_indices), "columns": sorted(EVAL_SCHEMA),
-                     "files": [{"name": f, "sha256": sha256_file(tmp / f)} for f in eval_files]},
-        },
-        "tool": f"ms_gpt4image.export {__version__}",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    write_json_atomic(tmp / "manifest.json", manifest)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+        dmeta_path = Path(str(descriptions_path) + ".meta.json")
+        describer = json.loads(dmeta_path.read_text()) if dmeta_path.exists() else {}
+        manifest = {
+            "dataset": train_source.name,
+            "source": source_spec,
+            "class_names": train_source.class_names,
+            "num_classes": len(train_source.class_names),
+            "embedding": {k: emb_meta.get(k) for k in ("model", "dim", "normalized", "max_tokens")},
+            "describer": {k: describer.get(k) for k in ("backend", "model", "prompt")},
+            "splits": {
+                "train": {"count": len(descs), "columns": sorted(train_schema),
+                          "files": [{"name": f, "sha256": sha256_file(tmp / f)} for f in train_files]},
+                "eval": {"count": len(eval_indices), "columns": sorted(EVAL_SCHEMA),
+                         "files": [{"name": f, "sha256": sha256_file(tmp / f)} for f in eval_files]},
+            },
+            "tool": f"ms_gpt4image.export {__version__}",
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_json_atomic(tmp / "manifest.json", manifest)
     return manifest

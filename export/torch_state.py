@@ -9,6 +9,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from .io_utils import atomic_path
+
 STATE_KEYS = ("state_dict", "model", "model_state", "model_ema")  # model_state: official Hiera
 
 
@@ -40,7 +42,6 @@ def load_state_dict(path, key: Optional[str] = None, unsafe_pickle: bool = False
 def dump(path, out, key: Optional[str] = None, unsafe_pickle: bool = False) -> Dict:
     state = load_state_dict(path, key, unsafe_pickle)
     out = Path(out)
-    tmp = out.with_name(out.stem + ".partial.npz")
-    np.savez(tmp, **state)
-    tmp.replace(out)
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no .npz to the name
+        np.savez(f, **state)
     return {"tensors": len(state), "out": str(out)}

@@ -7,39 +7,106 @@ with its 95% confidence interval and a verdict in words) and accuracy.png (every
 """
 import argparse
 import json
+import math
 import re
 import sys
 from pathlib import Path
 from typing import Dict
 
+from .files import atomic_path
 from .stats import fmt, fmt_difference, mean_std, paired_difference
 
 ARMS = ("baseline", "gpt4image")
 
+# what each field the report reads must hold; a file that breaks this is named with the key
+KINDS = {"a number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+         "a number or null": lambda v: v is None or KINDS["a number"](v),
+         "a string": lambda v: isinstance(v, str),
+         "a string or null": lambda v: v is None or isinstance(v, str),
+         "an object": lambda v: isinstance(v, dict)}
+# train_images_per_s is null when a run resumed after its last epoch trained nothing (shown as nan)
+SUMMARY = {"lambda": "a number", "best_top1": "a number", "wall_time_s": "a number",
+           "train_images_per_s": "a number or null", "epochs": "a number", "train_images": "a number"}
+EVAL = {"top1": "a number", "top5": "a number", "count": "a number"}
+LOG_EVAL = {"epoch": "a number", "top1": "a number"}  # a log line with top1 is an evaluated epoch
+MANIFEST = {"dataset": "a string", "describer": "an object", "describer.backend": "a string",
+            "describer.model": "a string or null", "embedding": "an object", "embedding.model": "a string or null",
+            "embedding.dim": "a number"}
+EXPORT = {"mindir": "a string", "max_abs_logit_diff": "a number", "checked_images": "a number"}
 
-def _load(path):
-    path = Path(path)
+
+def _read(path: Path) -> str:
     if not path.exists():
         raise FileNotFoundError(f"{path}: missing (did that stage run?)")
-    return json.loads(path.read_text())
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+
+
+def _parse(text: str, where: str, fields: Dict[str, str]) -> Dict:
+    """One JSON object, `fields` checked; errors start with `where` (the file, and line)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    return _check(data, where, fields)
+
+
+def _check(data: Dict, where: str, fields: Dict[str, str]) -> Dict:
+    """fields: {dotted key: kind}; a missing key or a value of another kind is an error naming both."""
+    for key, kind in fields.items():
+        value = data
+        for part in key.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise ValueError(f"{where}: no {key!r}")
+            value = value[part]
+        if not KINDS[kind](value):
+            raise ValueError(f"{where}: {key!r} is {json.dumps(value)}, not {kind}")
+    return data
+
+
+def _load(path: Path, fields: Dict[str, str]) -> Dict:
+    return _parse(_read(path), str(path), fields)
+
+
+def _curve(path: Path):
+    """[[epoch, top1]] of every evaluated epoch (line with top1) of log.jsonl."""
+    curve = []
+    for n, line in enumerate(_read(path).splitlines(), 1):
+        where = f"{path}:{n}"
+        r = _parse(line, where, {}) if line.strip() else {}
+        if "top1" in r:
+            _check(r, where, LOG_EVAL)
+            curve.append([r["epoch"], r["top1"]])
+    if not curve:
+        raise ValueError(f"{path}: no evaluated epoch (no line has 'top1')")
+    return curve
 
 
 def seed_dirs(run_dir) -> Dict[int, Path]:
     """{seed: folder} for every seed_S folder of RUN_DIR, in seed order."""
-    found = {int(m.group(1)): p for p in Path(run_dir).glob("seed_*") if (m := re.fullmatch(r"seed_(\d+)", p.name))}
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise FileNotFoundError(f"{run_dir}: no such folder")
+    if not run_dir.is_dir():
+        raise ValueError(f"{run_dir}: not a folder (give the run folder that holds seed_S/)")
+    found = {int(m.group(1)): p for p in run_dir.glob("seed_*") if (m := re.fullmatch(r"seed_(\d+)", p.name))}
     if not found:
         raise FileNotFoundError(f"{run_dir}: no seed_S/ folders (train with scripts/demo.sh or reproduce.sh first)")
     return dict(sorted(found.items()))
 
 
 def arm_result(arm_dir: Path) -> Dict:
-    summary, ev = _load(arm_dir / "summary.json"), _load(arm_dir / "eval.json")
-    log = [json.loads(l) for l in (arm_dir / "log.jsonl").read_text().splitlines()]
+    if not arm_dir.is_dir():
+        raise FileNotFoundError(f"{arm_dir}: missing (did that arm train?)")
+    summary, ev = _load(arm_dir / "summary.json", SUMMARY), _load(arm_dir / "eval.json", EVAL)
     return {"lambda": summary["lambda"], "top1": ev["top1"], "top5": ev["top5"], "eval_images": ev["count"],
             "best_epoch_top1": summary["best_top1"], "wall_time_s": summary["wall_time_s"],
             "train_images_per_s": summary["train_images_per_s"], "epochs": summary["epochs"],
-            "train_images": summary["train_images"],
-            "curve": [[r["epoch"], r["top1"]] for r in log if "top1" in r]}
+            "train_images": summary["train_images"], "curve": _curve(arm_dir / "log.jsonl")}
 
 
 def build_report(run_dir, only_seeds=None) -> Dict:
@@ -61,11 +128,11 @@ def build_report(run_dir, only_seeds=None) -> Dict:
               "top1_difference": paired_difference(top1["baseline"], top1["gpt4image"])}
     manifest = run_dir / "data" / "manifest.json"
     if manifest.exists():  # the demo packs its data inside RUN_DIR
-        m = _load(manifest)
+        m = _load(manifest, MANIFEST)
         report.update(dataset=m["dataset"], describer=m["describer"], embedding=m["embedding"])
     export = run_dir / "deploy" / "gpt4image.export.json"
     if export.exists():
-        report["export"] = _load(export)
+        report["export"] = _load(export, EXPORT)
     return report
 
 
@@ -118,21 +185,25 @@ def plot(r: Dict, path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, format="png", dpi=120)  # the temporary name has no .png
     plt.close(fig)
 
 
 def write_report(run_dir, title: str = "GPT4Image against the baseline", only_seeds=None) -> Dict:
-    """report.json, report.md and accuracy.png in RUN_DIR, each written whole (temporary name, rename)."""
+    """report.json, report.md and accuracy.png in RUN_DIR, each written whole (temporary name, rename);
+    a file that cannot be written is an error naming it and the reason."""
     run_dir = Path(run_dir)
     r = build_report(run_dir, only_seeds)
     md = to_markdown(r, title)
     for name, write in (("report.json", lambda p: p.write_text(json.dumps(r, indent=2) + "\n")),
                         ("report.md", lambda p: p.write_text(md)),
                         ("accuracy.png", lambda p: plot(r, p))):
-        tmp = run_dir / f".{name}.partial{Path(name).suffix}"
-        write(tmp)
-        tmp.replace(run_dir / name)
+        path = run_dir / name
+        try:
+            with atomic_path(path) as tmp:
+                write(tmp)
+        except OSError as e:
+            raise ValueError(f"{path}: cannot write ({e.strerror or e})") from None
     r["markdown"] = md
     return r
 

@@ -107,7 +107,7 @@ def test_import_embedding_tensors_and_pack(idx_root, tmp_path):
     run_cli("-m", "export", "import-embeddings", "--src", tmp_path / "emb.pth", "--key", "text_emb",
             "--descriptions", tmp_path / "desc.jsonl", "--out", tmp_path / "p", "--normalize")
     np.testing.assert_allclose(np.load(tmp_path / "p.npy"), got, rtol=1e-6)
-    assert not list(tmp_path.glob("*.tmp.npy"))  # failed imports left nothing half written
+    assert not list(tmp_path.glob("*partial*"))  # failed imports left nothing half written
     run_cli("-m", "export", "pack", "--root", idx_root, "--descriptions", tmp_path / "desc.jsonl",
             "--embeddings", tmp_path / "e", "--eval-limit", 5, "--out", tmp_path / "data")
     manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())

@@ -1,5 +1,7 @@
 """Seed statistics and the multi-seed report (ms_gpt4image.stats / report)."""
 import json
+import os
+import shutil
 import subprocess
 
 import numpy as np
@@ -54,3 +56,100 @@ def test_demo_refuses_a_bad_seed_count():
     for bad in (["--seeds", "0"], ["--seeds"], ["--seeds", "x"], ["--bogus"]):
         p = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh"), *bad], capture_output=True, text=True)
         assert p.returncode == 2 and "usage: scripts/demo.sh" in p.stderr, bad
+
+
+def _json(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def _replace_line(path, n, text):
+    lines = path.read_text().splitlines()
+    lines[n - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
+EVAL = "seed_1/baseline/eval.json"
+LOG = "seed_1/gpt4image/log.jsonl"
+# case: (file named, damage done to it (run dir, that file), what the line says after the file)
+DAMAGED = {
+    "eval not JSON": (EVAL, lambda d, f: f.write_text('{"top1": 77.1,\n'), "not valid JSON (Expecting"),
+    "summary not JSON": ("seed_1/gpt4image/summary.json", lambda d, f: f.write_text(""), "not valid JSON"),
+    "manifest not JSON": ("data/manifest.json", lambda d, f: (f.parent.mkdir(), f.write_text("{")),
+                          "not valid JSON"),
+    "export not JSON": ("deploy/gpt4image.export.json", lambda d, f: (f.parent.mkdir(), f.write_text("mindir")),
+                        "not valid JSON"),
+    "log torn line": (LOG + ":2", lambda d, f: _replace_line(d / LOG, 2, '{"epoch": 2, "to'), "not valid JSON"),
+    "log line not an object": (LOG + ":1", lambda d, f: _replace_line(d / LOG, 1, "[1, 2]"),
+                               "expected a JSON object, got list"),
+    "log top1 wrong type": (LOG + ":1", lambda d, f: _replace_line(d / LOG, 1, '{"epoch": 1, "top1": "high"}'),
+                            "'top1' is \"high\", not a number"),
+    "log without eval": (LOG, lambda d, f: f.write_text('{"epoch": 1, "loss": 2.0}\n'), "no evaluated epoch"),
+    "eval a list": (EVAL, lambda d, f: f.write_text("[77.1, 99.0]"), "expected a JSON object, got list"),
+    "eval a folder": (EVAL, lambda d, f: (f.unlink(), f.mkdir()), "cannot read (Is a directory)"),
+    "summary lacks a key": ("seed_1/baseline/summary.json",
+                            lambda d, f: _json(f, {"lambda": 0.0, "best_top1": 1.0, "epochs": 2}),
+                            "no 'wall_time_s'"),
+    "top1 a string": (EVAL, lambda d, f: _json(f, {"top1": "77.1", "top5": 99.0, "count": 40}),
+                      "'top1' is \"77.1\", not a number"),
+    "top1 null": (EVAL, lambda d, f: _json(f, {"top1": None, "top5": 99.0, "count": 40}),
+                  "'top1' is null, not a number"),
+    "manifest lacks a nested key": ("data/manifest.json", lambda d, f: _json(
+        f, {"dataset": "x", "describer": {"model": None}, "embedding": {"model": "m", "dim": 8}}),
+        "no 'describer.backend'"),
+    "arm folder missing": ("seed_1/gpt4image", lambda d, f: shutil.rmtree(f), "missing (did that arm train?)"),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGED)
+def test_every_damaged_input_is_one_line_naming_the_file(tmp_path, capsys, case):
+    from ms_gpt4image.report import main
+    for arm, top1 in (("baseline", 77.0), ("gpt4image", 78.0)):
+        _arm(tmp_path / "seed_1" / arm, top1, 0.0)
+    named, damage, says = DAMAGED[case]
+    damage(tmp_path, tmp_path / named.split(":")[0])
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {tmp_path / named}: ") and says in err and "\n" not in err, err
+    assert not [p for p in tmp_path.iterdir() if "report" in p.name or "accuracy" in p.name]
+
+
+def test_a_run_folder_that_is_not_one_is_named(tmp_path, capsys):
+    from ms_gpt4image.report import main
+    (tmp_path / "file").write_text("")
+    for run_dir, says in ((tmp_path / "nope", "no such folder"), (tmp_path / "file", "not a folder")):
+        assert main([str(run_dir)]) == 2
+        assert capsys.readouterr().err.strip().startswith(f"error: {run_dir}: {says}")
+
+
+@pytest.mark.parametrize("how", ["output is a folder", "read-only run folder"])
+def test_a_report_that_cannot_be_written_is_named_and_leaves_nothing(tmp_path, capsys, how):
+    from ms_gpt4image.report import main
+    for arm, top1 in (("baseline", 77.0), ("gpt4image", 78.0)):
+        _arm(tmp_path / "seed_1" / arm, top1, 0.0)
+    if how == "output is a folder":
+        (tmp_path / "report.md").mkdir()
+        named, says = tmp_path / "report.md", "cannot write (Is a directory)"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes into a read-only folder; the folder case covers the error path")
+        tmp_path.chmod(0o555)
+        named, says = tmp_path / "report.json", "cannot write (Permission denied)"
+    try:
+        assert main([str(tmp_path)]) == 2
+    finally:
+        tmp_path.chmod(0o755)
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {named}: {says}", err
+    assert not list(tmp_path.glob("*partial*"))
+
+
+def test_a_run_resumed_after_its_last_epoch_is_still_reported(tmp_path, capsys):
+    """train --resume on a finished run trains nothing and writes train_images_per_s: null."""
+    from ms_gpt4image.report import main
+    for arm, top1 in (("baseline", 77.0), ("gpt4image", 78.0)):
+        _arm(tmp_path / "seed_1" / arm, top1, 0.0)
+    summary = tmp_path / "seed_1" / "gpt4image" / "summary.json"
+    _json(summary, {**json.loads(summary.read_text()), "train_images_per_s": None})
+    assert main([str(tmp_path)]) == 0
+    assert "| 1 | 77.00 | 78.00 | +1.00 |" in capsys.readouterr().out
