@@ -1,4 +1,4 @@
-"""python -m ms_gpt4image train|evaluate|export|convert|predict ..."""
+"""python -m ms_gpt4image train|evaluate|export|convert|predict|doctor|recipes ..."""
 import argparse
 import json
 import sys
@@ -14,7 +14,7 @@ def main(argv=None):
                         ("evaluate", "top-1/top-5 of a checkpoint on the eval MindRecord"),
                         ("export", "export the deployable net (no projector) to MindIR + ckpt")):
         p = sub.add_parser(name, help=help_)
-        p.add_argument("-c", "--config", required=True)
+        p.add_argument("-c", "--config", required=True, help="a YAML file or a shipped recipe's name")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set align.lambda=0 (repeatable)")
         if name == "train":
@@ -54,8 +54,20 @@ def main(argv=None):
                    help="skip images that cannot be decoded and list them (OUT.skipped.jsonl); default: stop")
     p.add_argument("--weights", default="auto", choices=["auto", "ema", "raw"], help="for a training checkpoint")
     p.add_argument("--device", default="CPU", help="CPU | GPU | Ascend")
+    p = sub.add_parser("doctor", help="check this environment: Python, MindSpore/CANN pair, devices, msrun")
+    p.add_argument("--device", default=None, help="also run MindSpore's run_check on this target (Ascend | GPU | CPU)")
+    p.add_argument("--no-run-check", action="store_true", help="skip MindSpore's run_check (versions only)")
+    sub.add_parser("recipes", help="list the shipped recipes (give one by name: -c imagenet_resnet50)")
     a = ap.parse_args(argv)
 
+    if a.cmd == "doctor":
+        from .doctor import main as doctor
+        return doctor(a.device, not a.no_run_check)
+    if a.cmd == "recipes":
+        from .config import find_config, list_recipes
+        for name in list_recipes():
+            print(f"{name:<40} {find_config(name)}")
+        return 0
     from .config import ConfigError, load_config
     from .files import WriteFailed
     if a.cmd == "predict":
@@ -129,6 +141,7 @@ def _predict(a) -> int:
     """The table goes to stdout as it is produced; the summary (JSON) to stderr."""
     from .config import ConfigError, load_config
     import mindspore as ms
+    from .compat import set_device
     from .predict import load_model, output_format, run_predict
     try:
         cfg = load_config(a.config, a.set) if a.config else None
@@ -137,7 +150,7 @@ def _predict(a) -> int:
         if a.out:
             output_format(a.out)  # before the model loads
         ms.set_context(mode=ms.GRAPH_MODE)
-        ms.set_device(a.device)
+        set_device(a.device)
         net, spec = load_model(a.model, cfg, a.weights)
         sigterm_interrupts()  # the temporary output is then removed
         result = run_predict(net, spec, a.paths, a.data_dir, a.topk, a.batch_size, a.out, a.skip_bad)

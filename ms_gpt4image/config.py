@@ -8,7 +8,7 @@
 import copy
 import math
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -256,10 +256,37 @@ def parse_override(item: str) -> Dict:
     return out
 
 
+def recipe_dirs() -> List[Path]:
+    """Where shipped recipes are: `recipes/` inside an installed package (the wheel carries configs/
+    there), `configs/` beside the package in a checkout."""
+    here = Path(__file__).resolve().parent
+    return [d for d in (here / "recipes", here.parent / "configs") if d.is_dir()]
+
+
+def list_recipes() -> List[str]:
+    names = {p.stem for d in recipe_dirs() for p in d.rglob("*.yaml")}
+    return sorted(names)
+
+
+def find_config(name_or_path: str) -> Path:
+    """A config file's path, or a shipped recipe's by name (`imagenet_resnet50`, `ablations/..._tau0p1`)."""
+    path = Path(name_or_path)
+    if path.is_file() or path.suffix in (".yaml", ".yml") and path.parent != Path("."):
+        return path
+    name = path.name[:-len(path.suffix)] if path.suffix in (".yaml", ".yml") else path.name
+    for d in recipe_dirs():
+        found = sorted(d.rglob(f"{name}.yaml"))
+        if found:
+            return found[0]
+    raise ConfigError(f"config {name_or_path!r}: no such file and no shipped recipe of that name "
+                      f"(recipes: {', '.join(list_recipes()[:8])}, ...; `python -m ms_gpt4image recipes` lists them)")
+
+
 def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Dict:
+    """path: a YAML file or a shipped recipe's name; overrides: KEY=VALUE strings, applied last."""
     cfg = copy.deepcopy(DEFAULTS)
     if path:
-        cfg = _merge(cfg, _load_file(Path(path)), SCHEMA, "")
+        cfg = _merge(cfg, _load_file(find_config(str(path))), SCHEMA, "")
     for item in overrides:
         cfg = _merge(cfg, parse_override(item), SCHEMA, "")
     return validate(cfg)

@@ -7,13 +7,14 @@ import mindspore.nn as nn
 import mindspore.ops as ops
 
 from .checkpoint import LOG_PREFIX
+from .compat import set_device
 from .distributed import World, all_reduce_sum
 
 
 def setup_context(cfg: Dict) -> None:
     mode = ms.GRAPH_MODE if cfg["mode"] == "graph" else ms.PYNATIVE_MODE
     ms.set_context(mode=mode)
-    ms.set_device(cfg["device_target"])
+    set_device(cfg["device_target"])
     ms.set_seed(cfg["seed"])
 
 
