@@ -289,6 +289,6 @@ def run_predict(net: nn.Cell, spec: Dict, paths: Sequence = (), data_dir=None, t
         else:
             result["skipped_images"] = skipped
     if data_dir:
-        result.update(top1=100.0 * correct1 / rows_done, **{f"top{k}": 100.0 * correctk / rows_done})
+        result.update({"top1": 100.0 * correct1 / rows_done, f"top{k}": 100.0 * correctk / rows_done})  # k may be 1
     return result
 
