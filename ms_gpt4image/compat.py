@@ -22,6 +22,7 @@ NEWER_APIS = {
     "no_init_parameters": "2.4.10",   # mindspore.nn.utils.no_init_parameters
     "device_context": "2.6.0",        # mindspore.device_context.*
     "runtime": "2.5.0",               # mindspore.runtime.*
+    "set_init_step": "after 2.0.0",   # Dataset.set_init_step: absent in 2.0.0, no doc page (release unknown)
 }
 
 # MindSpore release -> the CANN release it is built for (vendors' compatibility tables)
@@ -54,6 +55,16 @@ def set_device(target: str) -> None:
         ms.set_device(target)
     else:
         ms.set_context(device_target=target)
+
+
+def resume_pipeline_at(dataset, step: int) -> bool:
+    """Starts `dataset` at global step `step` (a resumed run sees the same epochs' order). False where
+    MindSpore lacks Dataset.set_init_step (added after 2.0.0): the pipeline then starts from epoch 1's
+    order, the run still trains correctly but not on an uninterrupted run's sequence."""
+    if not hasattr(dataset, "set_init_step"):
+        return False
+    dataset.set_init_step(step)
+    return True
 
 
 def python_supported(info=sys.version_info) -> bool:

@@ -17,6 +17,7 @@ from mindcv.scheduler import create_scheduler
 
 from .callbacks import EndOfEpoch, ProgressBar, steady_images_per_s
 from .checkpoint import load_backbone, load_train_state
+from .compat import resume_pipeline_at
 from .config import save_config
 from .files import atomic_path, write_failures, write_json_atomic
 from .data import create_dataset, load_manifest, pipeline_errors
@@ -201,8 +202,10 @@ def train(cfg: Dict, resume=False) -> Dict:
     if start_epoch < cfg["epoch_size"]:
         if start_epoch:  # a resumed run continues the same sequence of epochs
             ds.config.set_fast_recovery(not cfg["exact_resume"])
-            train_ds.set_init_step(start_epoch * steps)
-            if cfg["exact_resume"] and world.is_main:
+            if not resume_pipeline_at(train_ds, start_epoch * steps) and world.is_main:
+                print(f"warning: MindSpore {ms.__version__} has no Dataset.set_init_step: the resumed run reads the "
+                      f"data in a new order (training is still correct)")
+            elif cfg["exact_resume"] and world.is_main:
                 print(f"replaying the input pipeline of epochs 1-{start_epoch} (exact_resume: true)")
         with pipeline_errors("train", cfg["data_dir"]):
             try:

@@ -14,6 +14,9 @@ PACKAGE_CODE = sorted([*(ROOT / "ms_gpt4image").rglob("*.py"), *(ROOT / "export"
                        *(ROOT / "scripts").glob("*.py")])
 
 
+METHODS = {"set_init_step"}  # methods of MindSpore objects (a dataset): flagged on any object
+
+
 def newer_api_uses(source: str):
     """(line, name) of every MindSpore API in compat.NEWER_APIS that `source` uses: attributes reached
     from a name bound to a mindspore import, and names imported from mindspore."""
@@ -34,15 +37,17 @@ def newer_api_uses(source: str):
             root = node.value
             while isinstance(root, ast.Attribute):
                 root = root.value
-            if isinstance(root, ast.Name) and root.id in aliases:
+            if node.attr in METHODS or isinstance(root, ast.Name) and root.id in aliases:
                 found.append((node.lineno, node.attr))
     return sorted(set(found))
 
 
 def test_the_checker_finds_newer_apis():
     code = ("import mindspore as ms\nimport mindspore.nn as nn\nfrom mindspore.nn.utils import no_init_parameters\n"
-            "ms.set_device('CPU')\nnn.utils.no_init_parameters\nself.runtime = 1\nms.set_context(mode=0)\n")
-    assert newer_api_uses(code) == [(3, "no_init_parameters"), (4, "set_device"), (5, "no_init_parameters")]
+            "ms.set_device('CPU')\nnn.utils.no_init_parameters\nself.runtime = 1\nms.set_context(mode=0)\n"
+            "train_ds.set_init_step(5)\n")
+    assert newer_api_uses(code) == [(3, "no_init_parameters"), (4, "set_device"), (5, "no_init_parameters"),
+                                    (8, "set_init_step")]
 
 
 @pytest.mark.parametrize("path", PACKAGE_CODE, ids=lambda p: str(p.relative_to(ROOT)))
