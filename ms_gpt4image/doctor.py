@@ -54,6 +54,19 @@ def _version(module: str) -> Optional[str]:
         return None
 
 
+def _mindspore_version() -> Tuple[Optional[str], Optional[str]]:
+    """(version, import error) of the MindSpore this interpreter imports (whatever its distribution's name:
+    mindspore, mindspore-dev, ...): (None, None) when there is none."""
+    import importlib.util
+    if importlib.util.find_spec("mindspore") is None:
+        return None, None
+    try:
+        import mindspore
+        return mindspore.__version__, None
+    except Exception as e:  # e.g. CANN libraries not on the library path
+        return _version("mindspore"), f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
 def _run_check(device: Optional[str]) -> Tuple[bool, str]:
     """MindSpore's own installation check, on `device` if given; its output, in one line."""
     import mindspore as ms
@@ -80,8 +93,13 @@ def diagnose(device: Optional[str] = None, run_check: bool = True) -> Dict:
         checks["python"] = ("bad", f"{py}: outside the supported 3.9 - 3.12")
         fixes.append("use Python 3.9, 3.10, 3.11 or 3.12 (e.g. conda create -n gpt4image python=3.10)")
 
-    ms_version = _version("mindspore")
-    if ms_version is None:
+    ms_version, ms_error = _mindspore_version()
+    if ms_error:
+        checks["mindspore"] = ("bad", f"installed but does not import: {ms_error}")
+        fixes.append("MindSpore fails to import: on Ascend, source CANN's set_env.sh; otherwise reinstall the "
+                     "MindSpore release built for your CANN")
+        ms_version = None
+    elif ms_version is None:
         checks["mindspore"] = ("bad", "not installed")
         fixes.append("install the MindSpore release built for your CANN (docs/cluster.md), e.g. pip install "
                      "mindspore==2.7.2 for CANN 8.5.0; on CPU, mindspore==2.7.2")
