@@ -1,4 +1,5 @@
-"""Guards on the pinned stack (not timings: those are in scripts/bench_train_step.py)."""
+"""Guards on the CI and demo venv's pinned stack (requirements.txt; users get ranges from pyproject.toml, see
+docs/compatibility.md). Not timings: those are in scripts/bench_train_step.py."""
 import mindspore
 import mindcv
 
