@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data demo demo-quick demo-hiera test test-all bench clean
+.PHONY: setup data demo demo-quick demo-hiera test test-all test-compat bench clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,12 @@ test: setup
 
 test-all: setup
 	$(PY) -m pytest -q tests
+
+# the Python x MindSpore matrix: each combination in its own venv under .compat/ (pyenv Pythons, wheels from
+# PyPI), a smoke of the installed command lines; results in ms_gpt4image/tested_matrix.json and
+# docs/compatibility.md. One combination: make test-compat COMPAT_ARGS="--only 3.11:2.7.2"
+test-compat: setup
+	$(PY) scripts/test_compat.py $(COMPAT_ARGS)
 
 bench: setup
 	$(PY) scripts/bench_train_step.py
