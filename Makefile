@@ -16,6 +16,9 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements.txt
+	# timm 0.3.2, the reference of the fidelity tests (the version DeiT pins), outside site-packages and
+	# without its torchvision dependency (tests/timm_reference.py loads its modules)
+	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/ref/timm032 timm==0.3.2
 	touch $(STAMP)
 
 data: $(FMNIST)
