@@ -38,6 +38,12 @@ def _shard(text):
 def _describe_kept(a, again):
     from .io_utils import read_jsonl
     out = Path(a.out)
+    parts = Path(f"{out}.parts")
+    if a.engine == "ray" and parts.is_dir():
+        blocks = len(list(parts.glob("*-*.json")))
+        total = f" of {math.ceil(len(a.indices) / a.block_size)}" if getattr(a, "indices", None) else ""
+        return f"{blocks}{total} blocks ({a.block_size} images each) kept in {parts} (resumable); " \
+               f"continue with: {again}"
     done = {r["index"] for r in read_jsonl(out)} if out.exists() else set()
     wanted = getattr(a, "indices", None)  # unset when interrupted before the source was opened
     kept = f"{len(done)}" if wanted is None else f"{len(done & set(wanted))} of {len(wanted)}"
@@ -62,10 +68,17 @@ def _unfinished(a, again):
     return f"{a.cmd} did not finish; run it again: {again}"
 
 
+def _ray_options(a):
+    from .ray_engine import RayOptions
+    return RayOptions(a.address, a.workers, a.num_gpus_per_worker, a.num_cpus_per_worker)
+
+
 def cmd_describe(a):
     from .desc_cache import open_cache
     from .describe import run_describe
     from .describers import create_describer, load_plugins
+    if a.engine == "ray" and a.shard:
+        raise ValueError("--shard splits the images by hand; with --engine ray the workers share them out: drop --shard")
     load_plugins(a.plugin)
     src = _open(a, a.split)
     indices = list(_limit(len(src), a.limit))
@@ -75,9 +88,13 @@ def cmd_describe(a):
     a.indices = indices  # for the interruption's count
     kwargs = dict(prompt=a.prompt, prompt_template=a.prompt_template, max_new_tokens=a.max_new_tokens,
                   device=a.device, dtype=a.dtype, **({"model": a.model} if a.model else {}))
+    cache_path = Path(a.out).parent / "describe_cache.sqlite" if a.cache is None else a.cache
+    if a.engine == "ray":
+        from .ray_describe import run_describe_ray
+        return run_describe_ray(src, a.backend, kwargs, a.plugin, a.out, indices, a.batch_size, a.block_size,
+                                a.skip_bad, cache_path, _ray_options(a))
     describer = create_describer(a.backend, **kwargs)
-    cache = open_cache(Path(a.out).parent / "describe_cache.sqlite" if a.cache is None else a.cache)
-    return run_describe(src, describer, a.out, indices, a.batch_size, a.skip_bad, cache)
+    return run_describe(src, describer, a.out, indices, a.batch_size, a.skip_bad, open_cache(cache_path))
 
 
 def cmd_import_descriptions(a):
@@ -97,6 +114,10 @@ def cmd_merge(a):
 
 def cmd_embed(a):
     from .embed import create_encoder, run_embed
+    if a.engine == "ray":
+        from .ray_embed import run_embed_ray
+        return run_embed_ray(a.descriptions, a.out, a.backend, a.model, a.device, a.batch_size, a.chunk_size,
+                             _ray_options(a))
     return run_embed(a.descriptions, a.out, create_encoder(a.backend, a.model, a.device), a.batch_size, a.chunk_size)
 
 
@@ -129,6 +150,33 @@ def cmd_dump_torch(a):
     return dump(a.src, a.out, a.key, a.unsafe_pickle)
 
 
+def _nonnegative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a number >= 0")
+    return value
+
+
+def _engine_args(p, what):
+    g = p.add_argument_group("Ray engine (docs/describe-and-embed.md#on-a-ray-cluster)")
+    g.add_argument("--engine", choices=("single", "ray"), default="single",
+                   help=f"single: this process (default); ray: {what} over a Ray cluster's workers, one model each "
+                        "(pip install 'ms_gpt4image[ray]')")
+    g.add_argument("--address", default=None,
+                   help="the Ray cluster: HOST:PORT of `ray start --head`, 'auto' (the cluster this host is in) or "
+                        "ray://HOST:10001; default: RAY_ADDRESS, else the cluster this host runs (ray start), else a Ray "
+                        "started on this host for the command")
+    g.add_argument("--workers", type=positive_int, default=None,
+                   help="workers (one model each); default: one per GPU of the cluster, or per CPU slot without GPUs")
+    g.add_argument("--num-gpus-per-worker", type=_nonnegative_float, default=None,
+                   help="default 1 when the cluster has GPUs, else 0")
+    g.add_argument("--num-cpus-per-worker", type=positive_float, default=1.0)
+    return g
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m export", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -158,6 +206,10 @@ def main(argv=None):
     p.add_argument("--shard", type=_shard, default=None, metavar="i/n",
                    help="describe only every n-th image starting at i (one part per GPU/host; merge after)")
     p.add_argument("--out", required=True)
+    g = _engine_args(p, "blocks of images")
+    g.add_argument("--block-size", type=positive_int, default=None,
+                   help="images per block, the unit a worker takes, retries and writes (OUT.parts/); a multiple of "
+                        "--batch-size (default 16 batches)")
     p.set_defaults(fn=cmd_describe, kept=_describe_kept)
 
     p = sub.add_parser("merge", help="merge the JSONL parts of sharded describe runs")
@@ -184,6 +236,7 @@ def main(argv=None):
                    help="descriptions per chunk saved under PREFIX.parts/: an interrupted run resumes at the first "
                         "missing chunk")
     p.add_argument("--device", default=None)
+    _engine_args(p, "chunks")
     p.set_defaults(fn=cmd_embed, kept=_embed_kept)
 
     p = sub.add_parser("import-embeddings", help="an existing [N, k] embedding tensor -> embeddings files for pack")
@@ -247,6 +300,8 @@ def main(argv=None):
     p.set_defaults(fn=cmd_dump_torch)
 
     a = ap.parse_args(argv)
+    if getattr(a, "block_size", 0) is None:
+        a.block_size = 16 * a.batch_size
     sigterm_interrupts()
     try:
         result = a.fn(a)

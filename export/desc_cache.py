@@ -4,7 +4,8 @@ Key = sha256(describer identity, image mode, size, pixels): the identity is the 
 (backend, model, prompt, template, generation length), so another prompt or model is a miss. The
 pixels are hashed after decoding, so re-encoding a file or moving it to another folder still hits;
 duplicate images inside a dataset (ImageNet has some) are captioned once. SQLite (standard library)
-keeps the store on disk, safe for several `describe --shard` processes on one host.
+keeps the store on disk, safe for several `describe --shard` processes on one host. With `--engine ray`
+the workers only read it and the driver writes what they captioned (one writer, no lock contention).
 """
 import hashlib
 import json
@@ -37,6 +38,19 @@ class DescriptionCache:
         except sqlite3.DatabaseError as e:
             raise ValueError(f"description cache {self.path} is not a usable SQLite file ({e}); "
                              f"delete it or pass another --cache") from None
+
+    @classmethod
+    def read_only(cls, path) -> Optional["DescriptionCache"]:
+        """A reader of the cache at `path`, or None when there is none (a Ray worker on a host that does
+        not see the driver's file). Readers never write: the Ray engine's driver is the only writer."""
+        self = cls.__new__(cls)
+        self.path = Path(path)
+        if not self.path.is_file():
+            return None
+        # a Ray actor opens it in its constructor and reads in the thread that runs its calls (one at a time)
+        self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60,
+                                  check_same_thread=False)
+        return self
 
     def get_many(self, keys: List[str]) -> Dict[str, str]:
         found = {}

@@ -7,7 +7,7 @@ describer, under any output file, is not captioned again.
 """
 import json
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Set, Tuple
 
 from tqdm import tqdm
 
@@ -23,14 +23,13 @@ def skipped_path(out_path) -> Path:
     return Path(str(out_path) + ".skipped.jsonl")
 
 
-def run_describe(source, describer, out_path, indices: Sequence[int], batch_size: int = 64,
-                 skip_bad: bool = False, cache=None) -> Dict:
-    """skip_bad: an image that cannot be decoded is recorded in OUT.skipped.jsonl (index, error with
-    the path) and left out, instead of stopping the run; it is then absent from pack's train split.
-    cache: a DescriptionCache; images whose content (with this describer) is in it are not captioned."""
+def open_output(source, info: Dict, out_path) -> Tuple[Set[int], Set[int]]:
+    """Checks and writes OUT.meta.json for this source and describer (`info`: its info()), cuts torn
+    last lines off OUT and OUT.skipped.jsonl, and returns the indices already described and those
+    already recorded as unreadable. Resuming with another backend/model/prompt is an error."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"source": source.name, "class_names": source.class_names, **describer.info()}
+    meta = {"source": source.name, "class_names": source.class_names, **info}
     mpath = meta_path(out_path)
     if out_path.exists() and mpath.exists():
         old = json.loads(mpath.read_text())
@@ -39,13 +38,57 @@ def run_describe(source, describer, out_path, indices: Sequence[int], batch_size
                 raise ValueError(f"{out_path} was written with {key}={old.get(key)!r}, not {meta.get(key)!r}; "
                                  f"use another output file")
     write_json_atomic(mpath, meta)
-    identity = describer_identity(describer.info())
-
     truncate_torn_tail(out_path)
     done = {r["index"] for r in read_jsonl(out_path)} if out_path.exists() else set()
     spath = skipped_path(out_path)
     truncate_torn_tail(spath)
     skipped = {r["index"] for r in read_jsonl(spath)} if spath.exists() else set()
+    return done, skipped
+
+
+def description_line(row: Dict) -> str:
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
+def skipped_line(record: Dict) -> str:
+    return json.dumps(record) + "\n"
+
+
+def describe_batch(source, describer, batch: Sequence[int], skip_bad: bool = False, cache=None,
+                   identity: str = None) -> Tuple[List[Dict], List[Dict], int]:
+    """Describes the images `batch` (source indices) in one call of the describer (cache misses only).
+    Returns the rows {index, label, description}, the records {index, error} of images that could not
+    be decoded (only with skip_bad; otherwise the first one stops the run, named) and the cache hits."""
+    images, kept, unreadable = [], [], []
+    for i in batch:
+        try:
+            images.append(source.image(i))
+            kept.append(i)
+        except ValueError as e:  # undecodable image: the error names index and path
+            if not skip_bad:
+                raise ValueError(f"{e} (pass --skip-bad to record and skip such images)") from None
+            unreadable.append({"index": i, "error": str(e)})
+    labels = [source.label(i) for i in kept]
+    names = [source.class_names[l] for l in labels]
+    describe = _naming_errors(describer, source, kept, images, names)
+    if cache is None:
+        texts, hits = (describe(list(range(len(kept)))) if kept else []), 0
+    else:
+        texts, hits = _describe_cached(describe, images, names, identity or describer_identity(describer.info()),
+                                       cache)
+    rows = [{"index": i, "label": l, "description": t} for i, l, t in zip(kept, labels, texts)]
+    return rows, unreadable, hits
+
+
+def run_describe(source, describer, out_path, indices: Sequence[int], batch_size: int = 64,
+                 skip_bad: bool = False, cache=None) -> Dict:
+    """skip_bad: an image that cannot be decoded is recorded in OUT.skipped.jsonl (index, error with
+    the path) and left out, instead of stopping the run; it is then absent from pack's train split.
+    cache: a DescriptionCache; images whose content (with this describer) is in it are not captioned."""
+    out_path = Path(out_path)
+    done, skipped = open_output(source, describer.info(), out_path)
+    identity = describer_identity(describer.info())
+    spath = skipped_path(out_path)
     done |= skipped
     todo = [i for i in indices if i not in done]
     cached = 0
@@ -53,27 +96,13 @@ def run_describe(source, describer, out_path, indices: Sequence[int], batch_size
             tqdm(total=len(indices), initial=len(indices) - len(todo), desc="describe", unit="img") as bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            images, batch = [], []
-            for i in chunk:
-                try:
-                    images.append(source.image(i))
-                    batch.append(i)
-                except ValueError as e:  # undecodable image: the error names index and path
-                    if not skip_bad:
-                        raise ValueError(f"{e} (pass --skip-bad to record and skip such images)") from None
-                    with open(spath, "a", encoding="utf-8") as sf:
-                        sf.write(json.dumps({"index": i, "error": str(e)}) + "\n")
-                    skipped.add(i)
-            labels = [source.label(i) for i in batch]
-            names = [source.class_names[l] for l in labels]
-            describe = _naming_errors(describer, source, batch, images, names)
-            if cache is None:
-                texts, hits = (describe(list(range(len(batch)))) if batch else []), 0
-            else:
-                texts, hits = _describe_cached(describe, images, names, identity, cache)
+            rows, unreadable, hits = describe_batch(source, describer, chunk, skip_bad, cache, identity)
+            if unreadable:
+                with open(spath, "a", encoding="utf-8") as sf:
+                    sf.write("".join(skipped_line(r) for r in unreadable))
+                skipped.update(r["index"] for r in unreadable)
             cached += hits
-            f.write("".join(json.dumps({"index": i, "label": l, "description": t}, ensure_ascii=False) + "\n"
-                            for i, l, t in zip(batch, labels, texts)))
+            f.write("".join(description_line(r) for r in rows))
             f.flush()
             bar.update(len(chunk))
     bad = len(skipped & set(indices))

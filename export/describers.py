@@ -42,6 +42,15 @@ def create_describer(name: str, **kwargs):
     return _DESCRIBERS[name](**kwargs)
 
 
+def describer_info(name: str, **kwargs) -> Dict:
+    """The describer's info() without loading a model where its class can say it from the arguments
+    (`info_for`, as the transformers backends do); otherwise the describer is built and asked."""
+    if name not in _DESCRIBERS:
+        raise KeyError(f"unknown describer {name!r}; registered: {', '.join(list_describers())}")
+    info_for = getattr(_DESCRIBERS[name], "info_for", None)
+    return info_for(**kwargs) if info_for else create_describer(name, **kwargs).info()
+
+
 def load_plugins(plugins: List[str]) -> None:
     """Imports user modules (dotted names or .py paths) that register their own describers."""
     import importlib
@@ -175,10 +184,9 @@ class TransformersDescriber:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
         self.torch = torch
-        self.model_name = model or self.default_model
-        self.prompt = resolve_prompt(prompt)
+        info = self.info_for(model, prompt, prompt_template, max_new_tokens)
+        self.model_name, self.prompt, self.max_new_tokens = info["model"], info["prompt"], info["max_new_tokens"]
         self.prompt_template = prompt_template or self.default_template
-        self.max_new_tokens = max_new_tokens or (30 if prompt == "short" else 120)
         self.device, self.dtype = pick_device_dtype(device, dtype)
         self.processor = AutoProcessor.from_pretrained(self.model_name)
         tokenizer = getattr(self.processor, "tokenizer", None)
@@ -190,9 +198,17 @@ class TransformersDescriber:
         self.model = AutoModelForImageTextToText.from_pretrained(self.model_name, dtype=self.dtype)
         self.model = self.model.to(self.device).eval()
 
+    @classmethod
+    def info_for(cls, model: Optional[str] = None, prompt: str = "short", prompt_template: Optional[str] = None,
+                 max_new_tokens: Optional[int] = None, **_) -> Dict:
+        """What info() will return, from the arguments alone: the Ray engine's driver checks the output's
+        meta without loading the model (only the workers load it)."""
+        return {"backend": cls.backend, "model": model or cls.default_model, "prompt": resolve_prompt(prompt),
+                "prompt_template": prompt_template or cls.default_template or "chat",
+                "max_new_tokens": max_new_tokens or (30 if prompt == "short" else 120)}
+
     def info(self) -> Dict:
-        return {"backend": self.backend, "model": self.model_name, "prompt": self.prompt,
-                "prompt_template": self.prompt_template or "chat", "max_new_tokens": self.max_new_tokens}
+        return self.info_for(self.model_name, self.prompt, self.prompt_template, self.max_new_tokens)
 
     def text_for(self, class_name: str) -> str:
         prompt = self.prompt.format(class_name=class_name)

@@ -120,52 +120,98 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return (x / norms).astype(np.float32)
 
 
+class ChunkedEmbedding:
+    """The chunks of one `embed` run under PREFIX.parts/ (state.json names the input, encoder and chunking):
+    which are missing, saving one as it completes, and assembling PREFIX.npy from them. Both engines
+    (one process, Ray) go through it, so either resumes what the other left."""
+
+    def __init__(self, descriptions_path, out_prefix, encoder, batch_size: int, chunk_size: int):
+        self.descs = DescriptionSet(descriptions_path)
+        self.descriptions_path = descriptions_path
+        self.out_prefix = Path(out_prefix)
+        self.out_prefix.parent.mkdir(parents=True, exist_ok=True)
+        self.parts = Path(f"{self.out_prefix}.parts")
+        self.encoder, self.chunk_size = encoder, chunk_size
+        self.sha = sha256_file(descriptions_path)
+        self.state = {"model": encoder.name, "dim": int(encoder.dim), "count": len(self.descs),
+                      "chunk_size": chunk_size, "batch_size": batch_size, "descriptions_sha256": self.sha}
+        self.n_chunks = (len(self.descs) + chunk_size - 1) // chunk_size
+
+    def finished_meta(self):
+        """The meta of an output that already holds these descriptions with this encoder, else None."""
+        done_meta = Path(f"{self.out_prefix}.meta.json")
+        if done_meta.exists() and Path(f"{self.out_prefix}.npy").exists() and \
+                Path(f"{self.out_prefix}.index.npy").exists():
+            meta = json.loads(done_meta.read_text())
+            if (meta.get("descriptions_sha256"), meta.get("model"), meta.get("count")) == \
+                    (self.sha, self.encoder.name, len(self.descs)):
+                print(f"embed: {self.out_prefix}.npy already holds these descriptions with {self.encoder.name}; "
+                      f"kept", file=sys.stderr)
+                return meta  # a re-run (demo, reproduce) does not encode again
+        return None
+
+    def open(self) -> None:
+        spath = self.parts / "state.json"
+        if self.parts.exists() and (not spath.exists() or json.loads(spath.read_text()) != self.state):
+            print(f"embed: {self.parts} was made for another input, model or chunking; starting over", file=sys.stderr)
+            shutil.rmtree(self.parts)
+        self.parts.mkdir(exist_ok=True)
+        write_json_atomic(spath, self.state)
+
+    def chunk_file(self, k: int) -> Path:
+        return self.parts / f"chunk_{k:06d}.npy"
+
+    def missing(self) -> List[int]:
+        return [k for k in range(self.n_chunks) if not self.chunk_file(k).exists()]
+
+    def texts(self, k: int) -> List[str]:
+        return self.descs.texts(k * self.chunk_size, (k + 1) * self.chunk_size)
+
+    def done_count(self) -> int:
+        missing = set(self.missing())
+        return sum(min(self.chunk_size, len(self.descs) - k * self.chunk_size) for k in range(self.n_chunks)
+                   if k not in missing)
+
+    def save(self, k: int, emb: np.ndarray) -> None:
+        save_npy_atomic(self.chunk_file(k), emb)
+
+    def assemble(self) -> Dict:
+        """PREFIX.npy from the chunks on disk (memory stays bounded), the index and the meta; the parts go."""
+        n, dim = len(self.descs), self.encoder.dim
+        with npy_writer(f"{self.out_prefix}.npy", (n, dim)) as out:
+            for k in range(self.n_chunks):
+                out[k * self.chunk_size:(k + 1) * self.chunk_size] = np.load(self.chunk_file(k))
+        save_npy_atomic(f"{self.out_prefix}.index.npy", self.descs.indices)
+        meta = {"model": self.encoder.name, "dim": int(dim), "count": n, "normalized": "l2",
+                "dtype": "float32", "max_tokens": self.encoder.max_tokens, "descriptions": str(self.descriptions_path),
+                "descriptions_sha256": self.sha}
+        write_json_atomic(f"{self.out_prefix}.meta.json", meta)
+        shutil.rmtree(self.parts)
+        return meta
+
+
+def encode_chunk(encoder, texts: List[str], batch_size: int, progress=None) -> np.ndarray:
+    """One chunk's L2-normalised embeddings, encoded in steps of 16 batches (the encoder length-sorts
+    within a step; `progress(n)` is called after each)."""
+    emb = np.empty((len(texts), encoder.dim), dtype=np.float32)
+    step = 16 * batch_size
+    for start in range(0, len(texts), step):
+        emb[start:start + step] = l2_normalize(encoder.encode(texts[start:start + step], batch_size))
+        if progress is not None:
+            progress(len(texts[start:start + step]))
+    return emb
+
+
 def run_embed(descriptions_path, out_prefix, encoder, batch_size: int = 256, chunk_size: int = 65536) -> Dict:
     """Encodes in chunks of `chunk_size` descriptions, each saved under PREFIX.parts/ as it completes,
     so an interrupted run resumes at the first missing chunk; the chunks are then assembled into
     PREFIX.npy on disk (memory stays bounded) and the parts removed."""
-    descs = DescriptionSet(descriptions_path)
-    out_prefix = Path(out_prefix)
-    out_prefix.parent.mkdir(parents=True, exist_ok=True)
-    parts = Path(f"{out_prefix}.parts")
-    sha = sha256_file(descriptions_path)
-    done_meta = Path(f"{out_prefix}.meta.json")
-    if done_meta.exists() and Path(f"{out_prefix}.npy").exists() and Path(f"{out_prefix}.index.npy").exists():
-        meta = json.loads(done_meta.read_text())
-        if (meta.get("descriptions_sha256"), meta.get("model"), meta.get("count")) == (sha, encoder.name, len(descs)):
-            print(f"embed: {out_prefix}.npy already holds these descriptions with {encoder.name}; kept", file=sys.stderr)
-            return meta  # a re-run (demo, reproduce) does not encode again
-    state = {"model": encoder.name, "dim": int(encoder.dim), "count": len(descs), "chunk_size": chunk_size,
-             "batch_size": batch_size, "descriptions_sha256": sha}
-    spath = parts / "state.json"
-    if parts.exists() and (not spath.exists() or json.loads(spath.read_text()) != state):
-        print(f"embed: {parts} was made for another input, model or chunking; starting over", file=sys.stderr)
-        shutil.rmtree(parts)
-    parts.mkdir(exist_ok=True)
-    write_json_atomic(spath, state)
-
-    n_chunks = (len(descs) + chunk_size - 1) // chunk_size
-    chunk_file = lambda k: parts / f"chunk_{k:06d}.npy"  # noqa: E731
-    done = sum(min(chunk_size, len(descs) - k * chunk_size) for k in range(n_chunks) if chunk_file(k).exists())
-    with tqdm(total=len(descs), initial=done, desc="embed", unit="text") as bar:
-        for k in range(n_chunks):
-            if chunk_file(k).exists():
-                continue
-            texts = descs.texts(k * chunk_size, (k + 1) * chunk_size)
-            emb = np.empty((len(texts), encoder.dim), dtype=np.float32)
-            step = 16 * batch_size  # the encoder length-sorts within a step; the bar moves per step
-            for start in range(0, len(texts), step):
-                emb[start:start + step] = l2_normalize(encoder.encode(texts[start:start + step], batch_size))
-                bar.update(len(texts[start:start + step]))
-            save_npy_atomic(chunk_file(k), emb)
-
-    with npy_writer(f"{out_prefix}.npy", (len(descs), encoder.dim)) as out:
-        for k in range(n_chunks):
-            out[k * chunk_size:(k + 1) * chunk_size] = np.load(chunk_file(k))
-    save_npy_atomic(f"{out_prefix}.index.npy", descs.indices)
-    meta = {"model": encoder.name, "dim": int(encoder.dim), "count": len(descs), "normalized": "l2",
-            "dtype": "float32", "max_tokens": encoder.max_tokens, "descriptions": str(descriptions_path),
-            "descriptions_sha256": sha}
-    write_json_atomic(f"{out_prefix}.meta.json", meta)
-    shutil.rmtree(parts)
-    return meta
+    job = ChunkedEmbedding(descriptions_path, out_prefix, encoder, batch_size, chunk_size)
+    meta = job.finished_meta()
+    if meta is not None:
+        return meta
+    job.open()
+    with tqdm(total=len(job.descs), initial=job.done_count(), desc="embed", unit="text") as bar:
+        for k in job.missing():
+            job.save(k, encode_chunk(encoder, job.texts(k), batch_size, bar.update))
+    return job.assemble()

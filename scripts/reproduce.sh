@@ -16,6 +16,12 @@
 #   --stage S                run only stage S (describe|embed|pack|train|report), e.g. on another host; at its end
 #                            the script says what to copy where. Without --stage all stages run in order.
 #   --gpus N                 describe with N processes, one per GPU (default: every GPU found)
+#   --engine single|ray      ray: describe and embed on a Ray cluster instead (Ray Data; one worker per GPU, blocks
+#                            rebalanced, a dead worker replaced; docs/describe-and-embed.md#on-a-ray-cluster);
+#                            needs pip install 'ms_gpt4image[ray]'
+#   --address ADDR           with --engine ray: the cluster (HOST:6379 of `ray start --head`, or auto); default: the
+#                            cluster this host runs, else a Ray started on this host for each command
+#   --workers N              with --engine ray: workers (default: one per GPU of the cluster)
 #   --train-devices N        data-parallel training on N devices with msrun (default 1 for CIFAR, 8 for ImageNet);
 #                            pack writes at least N files per split
 #   --device-target T        Ascend | GPU | CPU for training (default: the config's, Ascend)
@@ -45,7 +51,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 
 USAGE="usage: scripts/reproduce.sh cifar10|cifar100|imagenet [--work DIR] [--seeds N] \
-[--stage describe|embed|pack|train|report] [--gpus N] [--train-devices N] [--device-target Ascend|GPU|CPU] \
+[--stage describe|embed|pack|train|report] [--gpus N] [--engine single|ray [--address ADDR] [--workers N]] [--train-devices N] [--device-target Ascend|GPU|CPU] \
 [--set KEY=VALUE ...] [--cifar-root DIR] [--root IMAGENET] [--descriptions RELEASED.pth] [--models LIST] \
 [--prompt short|long] [--describe-backend B] [--describe-model M] [--describe-batch-size N] [--embed-backend B] \
 [--embed-model M] [--dry-run-tiny --cifar-root DIR --blip2 DIR --clip DIR]   (details: the header of this script)"
@@ -62,7 +68,7 @@ DS=$1; shift
 case $DS in cifar10|cifar100|imagenet) ;; *) usage "unknown dataset '$DS' (cifar10, cifar100 or imagenet)" ;; esac
 WORK=""; NSEEDS=""; STAGE=""; GPUS=""; TRAIN_DEVICES=""; TARGET=""; USER_SET=(); CIFAR_ROOT=""; ROOT=""
 DESCRIPTIONS=""; MODELS=""; PROMPT=short; DESC_BACKEND=""; DESC_MODEL=""; DESC_BS=""; EMB_BACKEND=""; EMB_MODEL=""
-DRY=0; BLIP2=""; CLIP=""
+DRY=0; BLIP2=""; CLIP=""; ENGINE=single; RAY_ARGS=()
 while (( $# )); do
   if [[ $1 == --*=* ]]; then set -- "${1%%=*}" "${1#*=}" "${@:2}"; fi  # --opt=value -> --opt value
   case $1 in
@@ -76,6 +82,9 @@ while (( $# )); do
     --seeds) posint "$1" "$2"; NSEEDS=$2 ;;
     --stage) case $2 in describe|embed|pack|train|report) STAGE=$2 ;; *) usage "unknown stage '$2'" ;; esac ;;
     --gpus) [[ $2 =~ ^[0-9]+$ ]] || usage "--gpus needs an integer >= 0"; GPUS=$2 ;;
+    --engine) case $2 in single|ray) ENGINE=$2 ;; *) usage "--engine: single or ray" ;; esac ;;
+    --address) RAY_ARGS+=(--address "$2") ;;
+    --workers) posint "$1" "$2"; RAY_ARGS+=(--workers "$2") ;;
     --train-devices) posint "$1" "$2"; TRAIN_DEVICES=$2 ;;
     --device-target) case $2 in Ascend|GPU|CPU) TARGET=$2 ;; *) usage "--device-target: Ascend, GPU or CPU" ;; esac ;;
     --set) [[ $2 == *=* ]] || usage "--set needs KEY=VALUE, got '$2'"; USER_SET+=(--set "$2") ;;
@@ -97,6 +106,12 @@ while (( $# )); do
 done
 
 # ---------------------------------------------------------------- what this run does
+if [[ $ENGINE == ray ]]; then
+  [[ -z $GPUS ]] || usage "--gpus starts one process per GPU; with --engine ray use --workers"
+  RAY_ARGS=(--engine ray "${RAY_ARGS[@]}")
+else
+  (( ${#RAY_ARGS[@]} == 0 )) || usage "--address and --workers are for --engine ray"
+fi
 IMAGENET_MODELS=(resnet50 deit_small deit_base convnext_tiny convnext_small convnext_base)
 if [[ $DS == imagenet ]]; then
   (( DRY )) && usage "--dry-run-tiny is for cifar10/cifar100"
@@ -130,6 +145,7 @@ if (( DRY )); then
   GPUS=${GPUS:-2}            # two describe shards on the CPU: the shard + merge path runs as on a GPU box
   [[ $DESC_BS == 64 ]] && DESC_BS=4
   DESCRIBE_EXTRA=(--device cpu --max-new-tokens 8); EMBED_EXTRA=(--device cpu --batch-size 16)
+  [[ $ENGINE == ray ]] && DESCRIBE_EXTRA+=(--block-size 8)  # 5 blocks of 40 images: every worker gets some
   TINY_SET=(--set device_target=CPU --set amp_level=O0 --set loss_scale_type=none --set mode=graph
             --set epoch_size=1 --set warmup_epochs=0 --set batch_size=8 --set eval_batch_size=16 --set num_parallel_workers=1
             --set "model_kwargs={width: 4}")
@@ -219,6 +235,15 @@ stage_describe() {
     step "describe: import the released description set $DESCRIPTIONS"
     "$PY" -m export import-descriptions --source imagefolder --root "$ROOT" --split train --src "$DESCRIPTIONS" \
       --format auto --out "$DESC"
+  elif [[ $ENGINE == ray ]]; then
+    set_source
+    step "describe: $DESC_BACKEND ($DESC_MODEL), prompt $PROMPT, on Ray (${RAY_ARGS[*]})"
+    # one command for the whole cluster: blocks of images go to whichever worker is free, finished blocks are
+    # kept in $DESC.parts/ (a re-run goes on from there) and assembled into $DESC in index order at the end
+    local cmd=("$PY" -m export describe "${SRC[@]}" --split train --backend "$DESC_BACKEND" --prompt "$PROMPT"
+               --batch-size "$DESC_BS" "${RAY_ARGS[@]}" --out "$DESC" "${DESCRIBE_EXTRA[@]}")
+    [[ -n $DESC_MODEL ]] && cmd+=(--model "$DESC_MODEL")
+    "${cmd[@]}"
   else
     set_source
     if (( DRY )); then DEVICES=(); for (( i = 0; i < GPUS; i++ )); do DEVICES+=(""); done
@@ -263,7 +288,8 @@ stage_embed() {
     echo "embed: $EMB.npy exists, skipped (delete $EMB.* to embed again)"
   else
     step "embed: $EMB_BACKEND ($EMB_MODEL)"
-    local cmd=("$PY" -m export embed --descriptions "$DESC" --backend "$EMB_BACKEND" --out "$EMB" "${EMBED_EXTRA[@]}")
+    local cmd=("$PY" -m export embed --descriptions "$DESC" --backend "$EMB_BACKEND" --out "$EMB" "${EMBED_EXTRA[@]}"
+               "${RAY_ARGS[@]}")
     [[ -n $EMB_MODEL ]] && cmd+=(--model "$EMB_MODEL")
     "${cmd[@]}"
   fi
