@@ -19,6 +19,13 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
 
+# For every process of a test cluster, its head and its drivers: the node advertises and binds 127.0.0.1
+# (on Linux Ray otherwise replaces a loopback --node-ip-address by the host's routable address and listens
+# on every interface), and token authentication is off whatever ~/.ray/auth_token a user has (else the
+# head demands a token the drivers do not send: InvalidAuthToken).
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -56,7 +63,8 @@ def kill_session(sid: int, timeout: float = 30) -> None:
 @contextlib.contextmanager
 def local_cluster(num_cpus: int = 2, env: Optional[Dict[str, str]] = None, cwd=None,
                   object_store_bytes: int = 300_000_000) -> Iterator[str]:
-    """Yields the address (127.0.0.1:PORT) to pass as --address."""
+    """Yields the address (127.0.0.1:PORT) to pass as --address, from a process whose environment has
+    LOOPBACK_ENV."""
     temp = tempfile.mkdtemp(prefix="ray_t_", dir="/tmp")  # short: Ray's unix sockets live under it
     port = free_port()
     ports = [f"--{name}={free_port()}" for name in (
@@ -68,7 +76,7 @@ def local_cluster(num_cpus: int = 2, env: Optional[Dict[str, str]] = None, cwd=N
             [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}", *ports,
              "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", "--num-gpus=0", "--include-dashboard=false",
              "--disable-usage-stats", f"--temp-dir={temp}", f"--object-store-memory={object_store_bytes}"],
-            env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            env=dict(os.environ if env is None else env, **LOOPBACK_ENV), cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while "Ray runtime started" not in log_path.read_text():

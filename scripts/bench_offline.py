@@ -28,9 +28,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # export.ray_local
+from export.ray_local import LOOPBACK_ENV  # noqa: E402
 VLM_BACKENDS = {"blip2": "blip2", "instructblip": "instructblip", "llava": "llava", "llava-next": "llava-next",
                 "vlm": "idefics3"}  # describe backend -> tiny model built by tests/make_tiny_vlms.py
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GLOG_v="3", PYTHONPATH=str(ROOT))
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GLOG_v="3", PYTHONPATH=str(ROOT), **LOOPBACK_ENV)
 
 EMBED_SIDE_BY_SIDE = """
 import json, sys, time

@@ -12,9 +12,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from export.ray_local import LOOPBACK_ENV  # noqa: E402 (needs ROOT on sys.path)
 
-
-CLI_ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GLOG_v="3", PYTHONPATH=str(ROOT))
+# offline; a Ray driver (describe/embed --engine ray) reaches the tests' local cluster on loopback only
+CLI_ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GLOG_v="3", PYTHONPATH=str(ROOT),
+               **LOOPBACK_ENV)
 
 
 def _checked(args, proc, check):
