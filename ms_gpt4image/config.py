@@ -158,10 +158,19 @@ SCHEMA: Dict[str, Any] = {
     # block i -> i + 1, head/final norm/projector last. None = off. Decay is then off for all 1-D params
     # and the backbone's no_weight_decay() names (mindcv's param_groups_layer_decay)
     "layer_decay": Float(None, low=0, high=1, low_open=True, null=True),
+    # which layer the last block is in: mae (MAE/BEiT: its own, one factor of layer_decay below the head)
+    # | hiera (the Hiera v0.2.0 fine-tuning code's get_layer_id: the head's, full rate)
+    "layer_decay_ids": Choice("mae", ("mae", "hiera")),
     "scheduler": Choice("cosine_decay", ("cosine_decay", "warmup_cosine_decay", "constant")),
     "min_lr": Float(0.0, low=0),
     "warmup_epochs": Int(1, low=0),
     "warmup_factor": Float(0.01, low=0, high=1),
+    # the forms of the reference schedules (ms_gpt4image/schedule.py); the defaults are mindcv's
+    "lr_step": Choice("step", ("step", "epoch")),  # epoch: held within each epoch (scheduler.step() per epoch)
+    "lr_epoch_lag": Int(0, low=0, high=1),  # 1: epoch e at the schedule's value for e - 1 (DeiT's timm stepping)
+    "warmup_lr": Float(None, low=0, null=True),  # absolute warmup start (timm --warmup-lr); overrides warmup_factor
+    "warmup_to_peak": Bool(False),  # the warmup's last step at lr (ConvNeXt's np.linspace warmup)
+    "cosine_from": Choice("warmup_end", ("warmup_end", "start")),  # start: timm 0.3.2 (cosine over all epochs)
     "label_smoothing": Float(0.0, low=0, high=1, high_open=True),
     "clip_grad_norm": Float(0.0, low=0),  # 0 = off
     "ema": Bool(False),                   # keep an EMA of the weights (ema.* in checkpoints)
@@ -313,6 +322,10 @@ def validate(cfg: Dict) -> Dict:
     need(cfg["stop_at_epoch"] is None or cfg["stop_at_epoch"] <= cfg["epoch_size"],
          f"stop_at_epoch = {cfg['stop_at_epoch']} is after the last epoch (epoch_size = {cfg['epoch_size']})")
     need(cfg["min_lr"] <= cfg["lr"], f"min_lr = {cfg['min_lr']:g} is above lr = {cfg['lr']:g}")
+    need(cfg["lr_epoch_lag"] == 0 or cfg["lr_step"] == "epoch",
+         f"lr_epoch_lag = {cfg['lr_epoch_lag']} needs lr_step: epoch (the lag is in epochs)")
+    need(cfg["layer_decay_ids"] == "mae" or cfg["layer_decay"] is not None,
+         f"layer_decay_ids = {cfg['layer_decay_ids']} has no effect without layer_decay")
     lo, hi = cfg["rrc_scale"]
     need(lo <= hi, f"rrc_scale = {cfg['rrc_scale']}: the lower bound is above the upper one")
     need(cfg["batch_size"] >= 2 or a["lambda"] == 0 or a["loss"] == "cosine",

@@ -3,7 +3,7 @@ import mindspore.nn as nn
 from mindspore import Tensor
 from mindspore.common.initializer import TruncatedNormal, initializer
 
-from .models.layer_ids import LAST
+from .models.layer_ids import LAST, last_layer_with_head
 
 PROJECTORS = ("linear", "mlp")
 
@@ -47,6 +47,7 @@ class GPT4ImageNet(nn.Cell):
         super().__init__()
         self.backbone = backbone
         self.projector = Projector(backbone.num_features, text_dim, projector, mlp_bn)
+        self.layer_ids = "mae"  # or "hiera": group_matcher puts the last block in the head's layer
 
     def construct(self, x: Tensor):
         f = self.backbone.forward_features(x)
@@ -59,9 +60,13 @@ class GPT4ImageNet(nn.Cell):
 
     def group_matcher(self, coarse: bool = False):
         """Layer ordinals for mindcv's layer-wise lr decay: the backbone's (models/layer_ids.py); the
-        projector is new, like the head, so it is in the last layer (full rate)."""
+        projector is new, like the head, so it is in the last layer (full rate). With `layer_ids`
+        "hiera", the backbone's last block joins that layer too (Hiera v0.2.0's get_layer_id)."""
         inner = self.backbone.group_matcher(coarse)
-        return lambda name: inner(name[len("backbone."):]) if name.startswith("backbone.") else LAST
+        matcher = lambda name: inner(name[len("backbone."):]) if name.startswith("backbone.") else LAST  # noqa: E731
+        if self.layer_ids == "hiera":
+            matcher = last_layer_with_head(matcher, [p.name for p in self.trainable_params()])
+        return matcher
 
     def deploy_net(self) -> nn.Cell:
         return self.backbone

@@ -13,7 +13,6 @@ import mindspore as ms
 import mindspore.dataset as ds
 from mindspore.train import Model
 from mindcv.optim import create_optimizer
-from mindcv.scheduler import create_scheduler
 
 from .callbacks import EndOfEpoch, ProgressBar, steady_images_per_s
 from .checkpoint import load_backbone, load_train_state
@@ -25,6 +24,7 @@ from .distributed import World, init_distributed
 from .engine import NetWithLoss, TrainStep, setup_context
 from .gpt4image import GPT4ImageNet
 from .losses import GPT4ImageLoss
+from .schedule import lr_schedule
 from .models import create_backbone
 
 
@@ -60,9 +60,7 @@ def build_training(cfg: Dict, steps_per_epoch: int, manifest: Dict, world: World
     mixing = cfg["mixup"] > 0 or cfg["cutmix"] > 0  # then smoothing is inside the soft targets
     loss = GPT4ImageLoss(a["lambda"], a["loss"], a["tau"], a["normalize"], 0.0 if mixing else cfg["label_smoothing"],
                          world.size, world.rank)
-    lr = create_scheduler(steps_per_epoch, scheduler=cfg["scheduler"], lr=scaled_lr(cfg, world), min_lr=cfg["min_lr"],
-                          warmup_epochs=cfg["warmup_epochs"], warmup_factor=cfg["warmup_factor"],
-                          decay_epochs=cfg["epoch_size"] - cfg["warmup_epochs"], num_epochs=cfg["epoch_size"])
+    lr = lr_schedule(cfg, steps_per_epoch, scaled_lr(cfg, world))
     opt = build_optimizer(cfg, net, lr)
     if cfg["amp_level"] != "O0":
         ms.amp.auto_mixed_precision(net, cfg["amp_level"])
@@ -73,10 +71,12 @@ def build_training(cfg: Dict, steps_per_epoch: int, manifest: Dict, world: World
 
 def build_optimizer(cfg: Dict, net, lr):
     """mindcv's optimizer; with `layer_decay`, mindcv's layer-wise lr decay groups, layered by the
-    backbone's `group_matcher` (models/layer_ids.py)."""
+    backbone's `group_matcher` (models/layer_ids.py), the last block in the head's layer with
+    `layer_decay_ids: hiera`."""
     if cfg["layer_decay"] is not None and not hasattr(net.backbone, "group_matcher"):
         raise ValueError(f"layer_decay: backbone {cfg['model']} has no layer ids (group_matcher); "
                          f"set layer_decay: null")
+    net.layer_ids = cfg["layer_decay_ids"]
     return create_optimizer(net, opt=cfg["opt"], lr=lr, weight_decay=cfg["weight_decay"], momentum=cfg["momentum"],
                             nesterov=cfg["nesterov"], weight_decay_filter=cfg["weight_decay_filter"],
                             layer_decay=cfg["layer_decay"])

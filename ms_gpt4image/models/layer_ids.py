@@ -4,10 +4,12 @@ A backbone that supports `layer_decay` has `group_matcher(coarse=False)` returni
 parameter name to an ordinal tuple; mindcv numbers the distinct ordinals 0..L in sorted order and scales
 layer i's rate by layer_decay ** (L - i). Ordinals here follow MAE / BEiT: the stem is layer 0, block i
 is layer i + 1, and everything else (final norm, head; in GPT4ImageNet the projector too) is the last
-layer, trained at the full rate.
+layer, trained at the full rate. `last_layer_with_head` moves the last block into that layer, as the
+Hiera v0.2.0 fine-tuning code numbers its layers (get_layer_id: stem 0, block i -> i + 1, the rest
+num_layers = depth, so the last block shares the head's scale).
 """
 import re
-from typing import Callable, Tuple
+from typing import Callable, Iterable, Tuple
 
 LAST = (float("inf"),)
 
@@ -33,3 +35,10 @@ def mindcv_convnext_ordinal(name: str) -> Tuple[float, ...]:
         return LAST
     k, j = int(m[1]), int(m[2])
     return (0.0,) if k == 0 else (1.0, float(k), float(j if k % 2 else 0))
+
+
+def last_layer_with_head(ordinal: Callable[[str], Tuple[float, ...]],
+                         names: Iterable[str]) -> Callable[[str], Tuple[float, ...]]:
+    """`ordinal` with the highest layer below LAST (among `names`) mapped to LAST."""
+    top = max((o for o in map(ordinal, names) if o != LAST), default=None)
+    return lambda name: LAST if ordinal(name) == top else ordinal(name)
