@@ -117,23 +117,30 @@ SCHEMA: Dict[str, Any] = {
     "in_channels": Choice(3, (3,)),   # images are decoded as RGB (grey images are replicated)
     "mean": Floats([0.5, 0.5, 0.5], 3),  # per-channel, on the 0..1 scale
     "std": Floats([0.5, 0.5, 0.5], 3, low=0, low_open=True),
-    "transforms": Choice("small", ("small", "imagenet")),  # small: pad + random crop | imagenet: mindcv's
+    # small: pad + random crop | imagenet: timm 0.3.2's (ms_gpt4image/augment.py)
+    "transforms": Choice("small", ("small", "imagenet")),
     "crop_padding": Int(2, low=0),    # small: random crop with this padding (0 = off)
     "hflip": Bool(True),
     "rrc_scale": Floats([0.08, 1.0], 2, low=0, high=1, low_open=True),  # imagenet: RandomResizedCrop scale
-    # imagenet: e.g. "randaug-m9-mstd0.5-inc1" (mindcv names)
+    # imagenet: e.g. "randaug-m9-mstd0.5-inc1" (mindcv names): randaug runs timm's RandAugment
+    # (augment.py); the other mindcv policies run mindcv's ops, not checked against timm
     "auto_augment": Str(None, null=True, allowed="a mindcv policy name starting with " + ", ".join(AUTO_AUGMENT),
                         accept=lambda v: v.startswith(AUTO_AUGMENT)),
     "color_jitter": Float(None, low=0, null=True),  # imagenet: used when auto_augment is None
     "re_prob": Float(0.0, low=0, high=1),           # imagenet: random erasing probability
-    "interpolation": Choice("bilinear", ("bilinear", "bicubic", "nearest", "area", "pilcubic")),
+    # imagenet: the erased box's values (normalised scale): pixel = per-pixel N(0, 1), as DeiT, ConvNeXt and
+    # MAE/Hiera (timm re_mode 'pixel') | rand = one N(0, 1) per channel | const = 0 (mindcv's, timm's default)
+    "re_mode": Choice("pixel", ("pixel", "rand", "const")),
+    # imagenet (PIL filters): random = timm's train default, bilinear or bicubic drawn per crop and per
+    # geometric RandAugment op (eval then bilinear); pilcubic = bicubic, area = PIL's box filter
+    "interpolation": Choice("bilinear", ("bilinear", "bicubic", "nearest", "area", "pilcubic", "random")),
     "crop_pct": Float(0.875, low=0, high=1, low_open=True),  # imagenet eval: resize to size / crop_pct, crop
     "mixup": Float(0.0, low=0),       # mixup alpha (0 = off)
     "cutmix": Float(0.0, low=0),      # cutmix alpha (0 = off)
     "mixup_prob": Float(1.0, low=0, high=1),
     "mixup_switch_prob": Float(0.5, low=0, high=1),
-    # input pipeline: map/batch workers per device, and whether Python transforms (mindcv's RandAugment,
-    # mixup) run in processes instead of threads (README, "Sizing the data workers")
+    # input pipeline: map/batch workers per device, and whether Python transforms (the imagenet
+    # augmentations, mixup) run in processes instead of threads (README, "Sizing the data workers")
     "num_parallel_workers": Int(2, low=1),
     "python_multiprocessing": Bool(False),
     # model

@@ -9,8 +9,10 @@ import numpy as np
 
 import mindspore.dataset as ds
 import mindspore.dataset.vision as vision
-from mindcv.data import create_transforms
+from PIL import Image
 from mindcv.data.mixup import Mixup
+
+from . import augment
 
 
 def load_manifest(data_dir) -> Dict:
@@ -28,22 +30,67 @@ def split_files(data_dir, manifest: Dict, split: str):
     return files
 
 
+def _mindcv_policy(cfg: Dict):
+    """mindcv's AutoAugment / TrivialAugmentWide / AugMix (not matched to timm; no shipped config uses
+    them) on the PIL image our crop gives, as a PIL -> PIL callable."""
+    from mindcv.data.auto_augment import (augment_and_mix_transform, auto_augment_transform,
+                                          trivial_augment_wide_transform)
+    from mindspore.dataset.vision import Inter
+    policy = cfg["auto_augment"]
+    hparams = dict(translate_const=int(cfg["image_size"] * 0.45),
+                   img_mean=tuple(min(255, round(255 * m)) for m in cfg["mean"]),
+                   interpolation=getattr(Inter, cfg["interpolation"].upper(), Inter.BILINEAR))
+    if policy.startswith("trivialaugwide"):
+        transform = trivial_augment_wide_transform(policy, hparams)
+    elif policy.startswith("augmix"):
+        transform = augment_and_mix_transform(policy, dict(hparams, translate_pct=0.3))
+    else:
+        transform = auto_augment_transform(policy, hparams)
+    return _NumpyPolicy(transform)
+
+
+class _NumpyPolicy:
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, img):
+        out = self.transform(np.asarray(img))
+        return out if isinstance(out, Image.Image) else Image.fromarray(np.asarray(out, dtype=np.uint8))
+
+
 def _imagenet_ops(cfg: Dict, train: bool):
-    """mindcv's ImageNet transforms (RandomResizedCrop, flip, RandAugment / colour jitter, random
-    erasing; eval: resize to size/crop_pct + centre crop). mindcv normalises on the 0..255 scale."""
-    norm = dict(mean=[255 * m for m in cfg["mean"]], std=[255 * s for s in cfg["std"]],
-                interpolation=cfg["interpolation"])
+    """timm 0.3.2's ImageNet transforms (augment.py; tests/test_fidelity_augment.py), after MindSpore's
+    Decode. Train, one Python op: RandomResizedCrop (PIL, antialiased) -> flip -> RandAugment (timm's
+    ops) or colour jitter -> normalise -> random erasing (re_mode). Eval: resize the shorter side to
+    size / crop_pct and centre crop (PIL), MindSpore's Normalize."""
+    size = cfg["image_size"]
     if not train:
-        return create_transforms("imagenet", cfg["image_size"], is_training=False, crop_pct=cfg["crop_pct"], **norm)
-    return create_transforms("imagenet", cfg["image_size"], is_training=True, auto_augment=cfg["auto_augment"],
-                             scale=tuple(cfg["rrc_scale"]), hflip=0.5 if cfg["hflip"] else 0.0,
-                             color_jitter=cfg["color_jitter"], re_prob=cfg["re_prob"], **norm)
+        return [vision.Decode(),
+                augment.EvalImage(size, cfg["crop_pct"], augment.pil_filter(cfg["interpolation"], train=False)),
+                vision.Normalize(mean=[255 * m for m in cfg["mean"]], std=[255 * s for s in cfg["std"]]),
+                vision.HWC2CHW()]
+    filters = augment.pil_filter(cfg["interpolation"], train=True)
+    policy = cfg["auto_augment"]
+    if policy and policy.split("-")[0] in ("rand", "randaug"):
+        # timm: the fill is the mean colour; the ops use the train interpolation (random: drawn per op)
+        fill = tuple(min(255, round(255 * m)) for m in cfg["mean"])
+        extra = augment.parse_rand_policy(policy, fill=fill, interpolation=filters)
+    elif policy:
+        extra = _mindcv_policy(cfg)
+    elif cfg["color_jitter"] is not None:
+        extra = augment.ColorJitter(*(cfg["color_jitter"],) * 3)
+    else:
+        extra = None
+    erasing = augment.RandomErasing(cfg["re_prob"], mode=cfg["re_mode"]) if cfg["re_prob"] > 0 else None
+    return [vision.Decode(), augment.TrainTransform(augment.RandomResizedCrop(size, scale=tuple(cfg["rrc_scale"]), interpolation=filters),
+                                   hflip=0.5 if cfg["hflip"] else 0.0, augment=extra, mean=cfg["mean"],
+                                   std=cfg["std"], erasing=erasing)]
 
 
 def image_ops(cfg: Dict, train: bool):
-    """The per-image ops from encoded bytes to a normalised CHW float32 array; the first op is
-    `vision.Decode`. Eval ops read only the preprocessing keys (PREPROCESS_KEYS in deploy.py), so
-    evaluate, export and predict share them."""
+    """The per-image ops from encoded bytes to a normalised CHW float32 array. The eval ops start with
+    `vision.Decode` (predict relies on it) and read only the preprocessing keys (PREPROCESS_KEYS in
+    deploy.py), so evaluate, export and predict share them."""
     if cfg["transforms"] == "imagenet":
         return _imagenet_ops(cfg, train)
     size = cfg["image_size"]
@@ -96,8 +143,8 @@ def create_dataset(cfg: Dict, split: str, num_shards: Optional[int] = None,
                    python_multiprocessing=cfg["python_multiprocessing"])
     ops = image_ops(cfg, train)
     if cfg["python_multiprocessing"]:
-        # then MindSpore runs the op list in Python worker processes, where mindcv's first op
-        # (RandomCropDecodeResize) refuses the record's numpy.bytes_; it takes a uint8 array
+        # then MindSpore runs the op list in Python worker processes, which hand the first op the
+        # record's numpy.bytes_ (mindcv's RandomCropDecodeResize refused it); decoders take a uint8 array
         ops = [_encoded_as_uint8] + ops
     data = data.map(ops, input_columns="image", **workers)
     batch = cfg["batch_size"] if train else cfg["eval_batch_size"]
