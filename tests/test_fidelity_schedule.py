@@ -354,3 +354,45 @@ def test_report():
     for name, row in sorted(REPORT.items()):
         print(f"{name:40s} " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                         for k, v in row.items()))
+
+
+# -- the new keys themselves ---------------------------------------------------------------------------
+def test_layer_decay_ids_mae_and_hiera_differ_by_the_last_block():
+    """mae: the last block one factor below the head, the stem at decay ** (depth + 1); hiera: the last
+    block at the head's scale, the stem at decay ** depth (so the Hiera test above would fail on mae)."""
+    from ms_gpt4image.gpt4image import GPT4ImageNet
+    from ms_gpt4image.models import create_backbone
+    from ms_gpt4image.train import build_optimizer
+    scales = {}
+    for ids in ("mae", "hiera"):
+        cfg = load_config(None, ["model=hiera_tiny_224", "opt=adamw", "layer_decay=0.5", f"layer_decay_ids={ids}",
+                                 "weight_decay_filter=norm_and_bias"])
+        net = GPT4ImageNet(create_backbone("hiera_tiny_224", num_classes=10, image_size=32, embed_dim=8), 16)
+        opt = build_optimizer(cfg, net, [1.0, 1.0])
+        scales[ids] = {p.name: float(opt.group_lr[i].learning_rate.asnumpy()[0]) for i, p in enumerate(opt.parameters)}
+    last, first = "backbone.blocks.11.attn.qkv.weight", "backbone.blocks.0.attn.qkv.weight"
+    assert scales["mae"][last] == pytest.approx(0.5) and scales["hiera"][last] == 1.0
+    assert scales["mae"]["backbone.pos_embed"] == pytest.approx(0.5 ** 13)
+    assert scales["hiera"]["backbone.pos_embed"] == pytest.approx(0.5 ** 12)
+    assert scales["hiera"][first] == pytest.approx(0.5 ** 11)
+    projector = next(n for n in scales["mae"] if n.startswith("projector."))
+    assert scales["mae"][projector] == scales["hiera"][projector] == 1.0
+
+
+def test_epoch_stepping_holds_the_lr_within_an_epoch_and_lags_by_one():
+    from ms_gpt4image.schedule import lr_schedule
+    base = ["epoch_size=6", "warmup_epochs=2", "lr=1.0", "min_lr=0.0", "lr_step=epoch", "warmup_lr=0.1"]
+    plain = np.asarray(lr_schedule(load_config(None, base), 4, 1.0)).reshape(6, 4)
+    lagged = np.asarray(lr_schedule(load_config(None, base + ["lr_epoch_lag=1"]), 4, 1.0)).reshape(6, 4)
+    assert (plain == plain[:, :1]).all() and (lagged == lagged[:, :1]).all()
+    cosine = [0.5 * (1 + math.cos(math.pi * t / 4)) for t in range(4)]  # after the warmup, over the rest
+    assert plain[:, 0].tolist() == pytest.approx([0.1, 0.55] + cosine)
+    assert lagged[:, 0].tolist() == pytest.approx([0.1, 0.1, 0.55] + cosine[:3])
+    # training longer rebuilds the schedule for the new length; the optimizer's step indexes it
+    longer = np.asarray(lr_schedule(load_config(None, base + ["epoch_size=8"]), 4, 1.0)).reshape(8, 4)
+    assert longer[:2, 0].tolist() == pytest.approx([0.1, 0.55]) and longer[2, 0] == 1.0 and longer[7, 0] > 0
+    from ms_gpt4image.config import ConfigError
+    with pytest.raises(ConfigError, match="lr_epoch_lag"):
+        load_config(None, ["lr_epoch_lag=1"])
+    with pytest.raises(ConfigError, match="layer_decay_ids"):
+        load_config(None, ["layer_decay_ids=hiera"])
