@@ -154,6 +154,7 @@ def _built(cfg):
     if key not in _BUILT:
         manifest = {"num_classes": cfg["num_classes"] or 10, "embedding": {"dim": 16}}
         _, step, lr = build_training(cfg, 1, manifest)
+        assert list(lr) == build_training_lr(cfg, 1, steps_per_epoch=1)  # what test_lr_schedule checks
         opt = step.optimizer
         at = int(np.argmax(lr))
         out = {}
@@ -218,10 +219,10 @@ def ours_peak(cfg, world):
     return scaled_lr(cfg, World(size=world, rank=0))
 
 
-def build_training_lr(cfg, world):
-    """The schedule train.build_training hands the optimizer, for `world` devices."""
+def build_training_lr(cfg, world, steps_per_epoch=SPE):
+    """The schedule train.build_training hands the optimizer, for `world` devices (_built checks that)."""
     from ms_gpt4image.schedule import lr_schedule
-    return lr_schedule(cfg, SPE, ours_peak(cfg, world))
+    return lr_schedule(cfg, steps_per_epoch, ours_peak(cfg, world))
 
 
 @pytest.mark.parametrize("path,cfg,fam,world", CASES, ids=IDS)
