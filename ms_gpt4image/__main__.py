@@ -23,7 +23,8 @@ def main(argv=None):
         else:
             p.add_argument("--ckpt", required=True, help="training or deployable checkpoint")
             p.add_argument("--weights", default="auto", choices=["auto", "ema", "raw"],
-                           help="auto: the EMA weights when the training checkpoint has them")
+                           help="auto: as the config's report_top1 says: raw; ema: the EMA weights when the "
+                                "training checkpoint has them; max: evaluate both and report the better, export EMA")
         if name == "export":
             p.add_argument("--out", required=True, help="output prefix: writes OUT.mindir and OUT.ckpt")
     p = sub.add_parser("convert", help="PyTorch checkpoint (torchvision, timm, ConvNeXt, the authors') -> MindSpore")

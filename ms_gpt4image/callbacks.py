@@ -55,8 +55,10 @@ class ProgressBar(Callback):
 class EndOfEpoch(Callback):
     """After each epoch, in order:
     1. the epoch's mean losses, over all ranks; a non-finite loss stops the run, naming the step;
-    2. evaluation when due (each rank its slice of the eval set; the EMA weights as well);
-    3. rank 0: one line of log.jsonl and stdout, then last.ckpt, best.ckpt and epoch_N.ckpt;
+    2. evaluation when due (each rank its slice of the eval set): the raw weights (`top1`, `top5`) and,
+       with `ema`, the EMA weights (`top1_ema`, `top5_ema`);
+    3. rank 0: one line of log.jsonl and stdout, then last.ckpt, best.ckpt (by the `report_top1`
+       top-1, `reported_top1`) and epoch_N.ckpt;
     4. a stop request at `stop_at_epoch` (the run resumes from last.ckpt)."""
 
     def __init__(self, cfg: Dict, step, net, lr, eval_ds, ema_net, world: World, out: Path, best: float, run: Dict):
@@ -103,12 +105,13 @@ class EndOfEpoch(Callback):
         return epoch == self.cfg["epoch_size"] or bool(every and epoch % every == 0)
 
     def _evaluate(self) -> Dict:
-        self.last_eval = evaluate(self.net.backbone, self.eval_ds, self.world)
-        scores = {"top1": self.last_eval["top1"], "top5": self.last_eval["top5"]}
-        if self.ema_net is not None:  # the EMA weights are what export/evaluate use by default
+        raw = evaluate(self.net.backbone, self.eval_ds, self.world)
+        scores = {"top1": raw["top1"], "top5": raw["top5"]}
+        if self.ema_net is not None:
             copy_ema_weights(self.step, self.ema_net)
-            self.last_eval = evaluate(self.ema_net, self.eval_ds, self.world)
-            scores.update(ema_top1=self.last_eval["top1"], ema_top5=self.last_eval["top5"])
+            ema = evaluate(self.ema_net, self.eval_ds, self.world)
+            scores.update(top1_ema=ema["top1"], top5_ema=ema["top5"])
+        self.last_eval = dict(scores, **reported_scores(self.cfg, scores))
         self.step.set_train(True)  # Model keeps its own note of the mode and would not restore it
         return scores
 
@@ -121,7 +124,7 @@ class EndOfEpoch(Callback):
                 if self.saved_epoch else "no checkpoint was kept")
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
         append_line(self.out / "log.jsonl", json.dumps(record))
-        score = record.get("ema_top1", record.get("top1"))  # ranks what gets deployed
+        score = reported_scores(self.cfg, record)["reported_top1"] if "top1" in record else None
         if score is not None and score > self.best:
             self.best = score
             save_train_state(self.step, self.out / "best.ckpt", epoch, self.best, self.run, kept)
@@ -130,6 +133,16 @@ class EndOfEpoch(Callback):
         if self.cfg["save_every"] and epoch % self.cfg["save_every"] == 0:
             save_train_state(self.step, self.out / f"epoch_{epoch}.ckpt", epoch, self.best, self.run,
                              f"{last} holds epoch {epoch}; continue with --resume")
+
+
+def reported_scores(cfg: Dict, scores: Dict) -> Dict:
+    """The top-1 a run reports (summary.json, best.ckpt), by `report_top1`: raw, ema or max of the two
+    (without EMA weights: raw). {reported: raw|ema|max, reported_weights: raw|ema (whose scores they
+    are), reported_top1, reported_top5}."""
+    kind = cfg["report_top1"] if "top1_ema" in scores else "raw"
+    ema = kind == "ema" or kind == "max" and scores["top1_ema"] > scores["top1"]
+    return {"reported": kind, "reported_weights": "ema" if ema else "raw",
+            "reported_top1": scores["top1_ema" if ema else "top1"], "reported_top5": scores["top5_ema" if ema else "top5"]}
 
 
 def copy_ema_weights(step, backbone) -> None:

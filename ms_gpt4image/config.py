@@ -150,6 +150,9 @@ SCHEMA: Dict[str, Any] = {
     "pretrained_ckpt": Str(None, null=True),
     # schedule
     "batch_size": Int(128, low=1),
+    # repeated augmentation (DeiT's RASampler): R > 1 trains each epoch on a fresh random 1/R of the data,
+    # every image R times in one batch with its own augmentations (repeated_aug.py); 1 = off
+    "repeated_aug": Int(1, low=1),
     "eval_batch_size": Int(256, low=1),
     "epoch_size": Int(10, low=1),
     "stop_at_epoch": Int(None, low=1, null=True),  # stop (resumably) after this epoch, e.g. for a job's time limit
@@ -182,6 +185,9 @@ SCHEMA: Dict[str, Any] = {
     "clip_grad_norm": Float(0.0, low=0),  # 0 = off
     "ema": Bool(False),                   # keep an EMA of the weights (ema.* in checkpoints)
     "ema_decay": Float(0.9999, low=0, high=1, low_open=True, high_open=True),
+    # the top-1 a run reports when it keeps an EMA (summary.json final_top1/best_top1, best.ckpt, `evaluate
+    # --weights auto`; log.jsonl has both, top1 and top1_ema): raw (DeiT), ema (ConvNeXt) or max (the authors')
+    "report_top1": Choice("ema", ("raw", "ema", "max")),
     "ema_warmup": Int(0, low=0),  # 0: constant decay (timm ModelEma); N: mindcv's decay * (1 - exp(-step / N))
     # mixed precision: O0 (float32, CPU) | O1 | O2 | O3 (Ascend/GPU); loss scaling none | fixed | dynamic
     "amp_level": Choice("O0", ("O0", "O1", "O2", "O3")),
@@ -335,6 +341,12 @@ def validate(cfg: Dict) -> Dict:
          f"layer_decay_ids = {cfg['layer_decay_ids']} has no effect without layer_decay")
     lo, hi = cfg["rrc_scale"]
     need(lo <= hi, f"rrc_scale = {cfg['rrc_scale']}: the lower bound is above the upper one")
+    r = cfg["repeated_aug"]
+    need(cfg["batch_size"] >= r,
+         f"batch_size = {cfg['batch_size']} < repeated_aug = {r}: the copies of an image share a batch")
+    need(r == 1 or cfg["transforms"] == "imagenet",
+         f"repeated_aug = {r} needs transforms: imagenet (MindSpore's random ops of transforms: small, called once "
+         f"per copy, would give {r} identical copies; repeated_aug.py)")
     need(cfg["batch_size"] >= 2 or a["lambda"] == 0 or a["loss"] == "cosine",
          f"batch_size = {cfg['batch_size']}: contrastive alignment (align.loss {a['loss']}) needs batch_size >= 2 "
          f"(the other images of the batch are the negatives)")

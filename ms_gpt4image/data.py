@@ -12,7 +12,7 @@ import mindspore.dataset.vision as vision
 from PIL import Image
 from mindcv.data.mixup import Mixup
 
-from . import augment
+from . import augment, repeated_aug
 
 
 def load_manifest(data_dir) -> Dict:
@@ -108,14 +108,24 @@ def image_ops(cfg: Dict, train: bool):
     return ops
 
 
+def _mixup(cfg: Dict, manifest: Dict) -> Optional[Mixup]:
+    if cfg["mixup"] <= 0 and cfg["cutmix"] <= 0:
+        return None
+    return Mixup(mixup_alpha=cfg["mixup"], cutmix_alpha=cfg["cutmix"], prob=cfg["mixup_prob"],
+                 switch_prob=cfg["mixup_switch_prob"], label_smoothing=cfg["label_smoothing"],
+                 num_classes=manifest["num_classes"])
+
+
 def _encoded_as_uint8(encoded):
     return np.frombuffer(encoded, np.uint8)
 
 
 def create_dataset(cfg: Dict, split: str, num_shards: Optional[int] = None,
-                   shard_id: Optional[int] = None) -> Tuple[ds.Dataset, int]:
-    """Returns (batched dataset, number of samples this rank reads). Train yields (image, label,
-    text_emb), eval yields (image, label).
+                   shard_id: Optional[int] = None, with_index: bool = False) -> Tuple[ds.Dataset, int]:
+    """Returns (batched dataset, number of samples this rank reads per epoch). Train yields (image,
+    label, text_emb), eval yields (image, label); `with_index` appends the records' `index` (tests).
+    With `repeated_aug` R > 1 each epoch reads a fresh random 1/R of the rank's shard and yields every
+    image R times in one batch (repeated_aug.py).
 
     The training pipeline is built once per run: it reshuffles every epoch, in an order fixed by
     `seed` (a resumed run reaches the same epoch's order through `set_init_step`), each rank reading
@@ -124,10 +134,13 @@ def create_dataset(cfg: Dict, split: str, num_shards: Optional[int] = None,
     manifest = load_manifest(cfg["data_dir"])
     train = split == "train"
     files = split_files(cfg["data_dir"], manifest, split)
-    columns = ["image", "label", "text_emb"] if train else ["image", "label"]
+    columns = (["image", "label", "text_emb"] if train else ["image", "label"]) + (["index"] if with_index else [])
+    repeats = cfg["repeated_aug"] if train else 1
     if train:
         ds.config.set_seed(cfg["seed"])  # the shuffle order and the random augmentations
         kwargs = dict(shuffle=True, num_shards=num_shards, shard_id=shard_id) if num_shards else dict(shuffle=True)
+        if repeats > 1:
+            kwargs = repeated_aug.reader_kwargs(files, repeats, num_shards, shard_id, cfg["batch_size"])
     else:
         kwargs = dict(shuffle=False)
         if num_shards:
@@ -142,6 +155,8 @@ def create_dataset(cfg: Dict, split: str, num_shards: Optional[int] = None,
     workers = dict(num_parallel_workers=cfg["num_parallel_workers"],
                    python_multiprocessing=cfg["python_multiprocessing"])
     ops = image_ops(cfg, train)
+    if repeats > 1:  # decode and augment inside the batch op, R copies per record
+        return repeated_aug.batch(data, n, ops, cfg, columns, _mixup(cfg, manifest), workers)
     if cfg["python_multiprocessing"]:
         # then MindSpore runs the op list in Python worker processes, which hand the first op the
         # record's numpy.bytes_ (mindcv's RandomCropDecodeResize refused it); decoders take a uint8 array
@@ -152,9 +167,7 @@ def create_dataset(cfg: Dict, split: str, num_shards: Optional[int] = None,
     if train and (cfg["mixup"] > 0 or cfg["cutmix"] > 0):
         # images and labels are mixed (labels become soft targets, label smoothing folded in); the text
         # embeddings stay those of the unmixed images, as in the authors' DeiT training
-        mix = Mixup(mixup_alpha=cfg["mixup"], cutmix_alpha=cfg["cutmix"], prob=cfg["mixup_prob"],
-                    switch_prob=cfg["mixup_switch_prob"], label_smoothing=cfg["label_smoothing"],
-                    num_classes=manifest["num_classes"])
+        mix = _mixup(cfg, manifest)
 
         def mix_batch(images, labels, batch_info):  # per_batch_map receives lists of samples
             return mix(np.stack(images), np.stack(labels))

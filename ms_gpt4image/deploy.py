@@ -10,7 +10,7 @@ import numpy as np
 import mindspore as ms
 import mindspore.nn as nn
 
-from .checkpoint import load_backbone, save_deploy
+from .checkpoint import backbone_params, load_backbone, save_deploy
 from .data import create_dataset, load_manifest, pipeline_errors
 from .engine import evaluate, setup_context
 from .files import write_json_atomic
@@ -49,17 +49,38 @@ def build_deploy_net(cfg: Dict, ckpt, weights: str = "auto") -> nn.Cell:
 
 
 def run_evaluate(cfg: Dict, ckpt, weights: str = "auto") -> Dict:
+    """top-1/top-5 of `ckpt`. weights auto: what the run reports (`report_top1`): raw -> the raw
+    weights; ema -> the EMA weights when the checkpoint has them; max -> both, the better one's scores
+    (with top1_raw and top1_ema)."""
     setup_context(cfg)
-    net = build_deploy_net(cfg, ckpt, weights)
     data, _ = create_dataset(cfg, "eval")
+    kinds = [weights]
+    if weights == "auto" and cfg["report_top1"] != "ema":
+        kinds = ["raw"] + (["ema"] if cfg["report_top1"] == "max" and has_ema_weights(ckpt) else [])
+    results = {}
     with pipeline_errors("eval", cfg["data_dir"]):
-        return {"checkpoint": str(ckpt), "weights": weights, **evaluate(net, data)}
+        for kind in kinds:
+            results[kind] = {"checkpoint": str(ckpt), "weights": kind, **evaluate(build_deploy_net(cfg, ckpt, kind), data)}
+    best = max(results.values(), key=lambda r: r["top1"])
+    if len(results) > 1:
+        best = dict(best, reported="max", top1_raw=results["raw"]["top1"], top1_ema=results["ema"]["top1"])
+    return best
+
+
+def has_ema_weights(ckpt) -> bool:
+    try:
+        backbone_params(ckpt, "ema")
+    except ValueError:
+        return False
+    return True
 
 
 def run_export(cfg: Dict, ckpt, out_prefix, check_batches: int = 1, weights: str = "auto") -> Dict:
     """Writes OUT.mindir and OUT.ckpt; reloads the MindIR with `ms.load` + `nn.GraphCell` and checks
     that it gives the trained net's logits on real eval batches."""
     setup_context(cfg)
+    if weights == "auto" and cfg["report_top1"] == "raw":  # the weights the run reports (max: EMA, when kept)
+        weights = "raw"
     spec = model_spec(cfg, load_manifest(cfg["data_dir"]))
     net = build_backbone_from_spec(spec, ckpt, weights)
     out_prefix = Path(out_prefix)

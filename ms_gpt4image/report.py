@@ -29,6 +29,10 @@ SUMMARY = {"lambda": "a number", "best_top1": "a number", "wall_time_s": "a numb
            "train_images_per_s": "a number or null", "epochs": "a number", "train_images": "a number"}
 EVAL = {"top1": "a number", "top5": "a number", "count": "a number"}
 LOG_EVAL = {"epoch": "a number", "top1": "a number"}  # a log line with top1 is an evaluated epoch
+LOG_EVAL_EMA = {"top1_ema": "a number"}  # ... and top1_ema when the run keeps an EMA
+# summary.json `reported` (config report_top1) -> what the reported top-1 is
+WHICH_TOP1 = {"raw": "top-1 of the raw weights", "ema": "top-1 of the EMA weights",
+              "max": "top-1 of the better of the raw and EMA weights"}
 MANIFEST = {"dataset": "a string", "describer": "an object", "describer.backend": "a string",
             "describer.model": "a string or null", "embedding": "an object", "embedding.model": "a string or null",
             "embedding.dim": "a number"}
@@ -72,15 +76,20 @@ def _load(path: Path, fields: Dict[str, str]) -> Dict:
     return _parse(_read(path), str(path), fields)
 
 
-def _curve(path: Path):
-    """[[epoch, top1]] of every evaluated epoch (line with top1) of log.jsonl."""
+def _curve(path: Path, reported: str = "raw"):
+    """[[epoch, top1]] of every evaluated epoch (line with top1) of log.jsonl: the top-1 the run
+    reports (summary.json `reported`: raw -> top1, ema -> top1_ema, max -> the larger)."""
     curve = []
     for n, line in enumerate(_read(path).splitlines(), 1):
         where = f"{path}:{n}"
         r = _parse(line, where, {}) if line.strip() else {}
         if "top1" in r:
             _check(r, where, LOG_EVAL)
-            curve.append([r["epoch"], r["top1"]])
+            if reported in ("ema", "max"):
+                _check(r, where, LOG_EVAL_EMA)
+            ema = r.get("top1_ema")
+            curve.append([r["epoch"], ema if reported == "ema" else max(r["top1"], ema) if reported == "max"
+                          else r["top1"]])
     if not curve:
         raise ValueError(f"{path}: no evaluated epoch (no line has 'top1')")
     return curve
@@ -106,7 +115,8 @@ def arm_result(arm_dir: Path) -> Dict:
     return {"lambda": summary["lambda"], "top1": ev["top1"], "top5": ev["top5"], "eval_images": ev["count"],
             "best_epoch_top1": summary["best_top1"], "wall_time_s": summary["wall_time_s"],
             "train_images_per_s": summary["train_images_per_s"], "epochs": summary["epochs"],
-            "train_images": summary["train_images"], "curve": _curve(arm_dir / "log.jsonl")}
+            "train_images": summary["train_images"], "reported": summary.get("reported") or "raw",
+            "curve": _curve(arm_dir / "log.jsonl", summary.get("reported") or "raw")}
 
 
 def build_report(run_dir, only_seeds=None) -> Dict:
@@ -154,7 +164,7 @@ def to_markdown(r: Dict, title: str = "GPT4Image against the baseline") -> str:
     lines += ["", f"GPT4Image - baseline, top-1, paired by seed over {d['n']} seed(s): **{fmt_difference(d)}** "
               f"points: {d['verdict']}.",
               f"({any_seed['train_images']} train images, {any_seed['eval_images']} eval images, "
-              f"{any_seed['epochs']} epochs, final epoch; train images/s: baseline "
+              f"{any_seed['epochs']} epochs, final epoch, {WHICH_TOP1[any_seed['reported']]}; train images/s: baseline "
               f"{fmt(r['arms']['baseline']['train_images_per_s'], 0)}, GPT4Image "
               f"{fmt(r['arms']['gpt4image']['train_images_per_s'], 0)}.)"]
     if "export" in r:

@@ -59,7 +59,7 @@ def build_training(cfg: Dict, steps_per_epoch: int, manifest: Dict, world: World
                        a["projector"], a["mlp_bn"])
     mixing = cfg["mixup"] > 0 or cfg["cutmix"] > 0  # then smoothing is inside the soft targets
     loss = GPT4ImageLoss(a["lambda"], a["loss"], a["tau"], a["normalize"], 0.0 if mixing else cfg["label_smoothing"],
-                         world.size, world.rank)
+                         world.size, world.rank, cfg["repeated_aug"])
     lr = lr_schedule(cfg, steps_per_epoch, scaled_lr(cfg, world))
     opt = build_optimizer(cfg, net, lr)
     if cfg["amp_level"] != "O0":
@@ -217,8 +217,13 @@ def train(cfg: Dict, resume=False) -> Dict:
     last_eval = end_of_epoch.last_eval
     summary = {"model": cfg["model"], "lambda": a["lambda"], "epochs": cfg["epoch_size"], "devices": world.size,
                "train_images": n_train * world.size, "eval_images": n_eval_all,
-               "final_top1": last_eval["top1"] if last_eval else None,
-               "final_top5": last_eval["top5"] if last_eval else None, "best_top1": end_of_epoch.best,
+               # the reported top-1 (report_top1; its weights: reported_weights), then both models'
+               "reported": last_eval["reported"] if last_eval else None,
+               "reported_weights": last_eval["reported_weights"] if last_eval else None,
+               "final_top1": last_eval["reported_top1"] if last_eval else None,
+               "final_top5": last_eval["reported_top5"] if last_eval else None, "best_top1": end_of_epoch.best,
+               "final_top1_raw": last_eval["top1"] if last_eval else None,
+               "final_top1_ema": last_eval.get("top1_ema") if last_eval else None,
                "wall_time_s": time.time() - t_start,
                "train_images_per_s": steady_images_per_s(end_of_epoch.records)}
     if world.is_main:

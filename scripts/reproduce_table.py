@@ -42,7 +42,9 @@ def build_table(dataset: str, ds_dir: Path, models, note: str = "") -> str:
         if details is None:
             any_run = next(iter(r["per_seed"].values()))["gpt4image"]
             details = (f"{any_run['train_images']} train images, {any_run['eval_images']} eval images, "
-                       f"{any_run['epochs']} epochs, top-1 of the final epoch")
+                       f"{any_run['epochs']} epochs, top-1 of the final epoch"
+                       + {"ema": " (EMA weights)", "max": " (the better of the raw and EMA weights)"}.get(
+                           any_run.get("reported"), ""))
     lines = [f"# GPT4Image reproduction: {TITLES[dataset]}", ""]
     if note:
         lines += [f"**{note}**", ""]

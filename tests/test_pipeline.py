@@ -105,11 +105,11 @@ def test_ema_training_evaluates_and_exports_the_ema_weights(packed, tmp_path):
                    "ema_decay: 0.9\nloss_scale_type: dynamic\nloss_scale: 65536\n")
     run_cli("-m", "ms_gpt4image", "train", "-c", cfg)
     last = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()][-1]
-    assert "ema_top1" in last and "top1" in last
+    assert "top1_ema" in last and "top1" in last
     ckpt = tmp_path / "run" / "last.ckpt"
     ev = {w: json.loads(run_cli("-m", "ms_gpt4image", "evaluate", "-c", cfg, "--ckpt", ckpt, "--weights", w).stdout)
           for w in ("auto", "ema", "raw")}
-    assert ev["auto"]["top1"] == ev["ema"]["top1"] == pytest.approx(last["ema_top1"])
+    assert ev["auto"]["top1"] == ev["ema"]["top1"] == pytest.approx(last["top1_ema"])
     assert ev["raw"]["top1"] == pytest.approx(last["top1"])
     # decay 0.9 over 10 steps: two different nets (their top-1 may coincide at chance level)
     probe = "import sys, mindspore as ms; p = ms.load_checkpoint(sys.argv[1]); " \
@@ -117,4 +117,4 @@ def test_ema_training_evaluates_and_exports_the_ema_weights(packed, tmp_path):
     assert float(run_cli("-c", probe, ckpt).stdout.split()[-1]) > 1e-3
     run_cli("-m", "ms_gpt4image", "export", "-c", cfg, "--ckpt", ckpt, "--out", tmp_path / "net")
     ev2 = json.loads(run_cli("-m", "ms_gpt4image", "evaluate", "-c", cfg, "--ckpt", tmp_path / "net.ckpt").stdout)
-    assert ev2["top1"] == pytest.approx(last["ema_top1"])
+    assert ev2["top1"] == pytest.approx(last["top1_ema"])
