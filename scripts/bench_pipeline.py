@@ -196,7 +196,7 @@ def main(argv=None):
     settings = []
     for r in recipes:
         for w in workers:
-            for pm in ((True, False) if r == "deit" else (None,)):  # mindcv's RandAugment is Python
+            for pm in ((True, False) if r == "deit" else (None,)):  # RandAugment and mixup are Python
                 settings.append((r, w, pm))
     rows = []
     for r, w, pm in tqdm(settings, desc="settings"):
