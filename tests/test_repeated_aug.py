@@ -18,7 +18,7 @@ import torch
 
 import mindspore.dataset as ds
 
-from conftest import run_cli, run_cli_concurrently
+from conftest import ROOT, run_cli, run_cli_concurrently
 from ms_gpt4image.config import ConfigError, load_config
 from ms_gpt4image.data import create_dataset
 from ms_gpt4image.repeated_aug import plan
@@ -268,3 +268,18 @@ def test_training_with_repeated_aug_and_resume(packed, tmp_path):
     assert summary["best_top1"] == max(r["top1"] for r in logs["full"])
     assert ev["reported"] == "max" and ev["top1"] == pytest.approx(max(last["top1"], last["top1_ema"]))
     assert (ev["top1_raw"], ev["top1_ema"]) == pytest.approx((last["top1"], last["top1_ema"]))
+
+
+def test_two_workers_mask_the_copies_as_one_process_does(tmp_path):
+    """msrun, 2 workers, the CLIP loss over gathered features with copies (groups of 2 rows sharing a
+    text on each rank): the loss and the updated weights equal one process's on the whole batch."""
+    from test_distributed import msrun
+    script = ROOT / "tests" / "dist_parity.py"
+    msrun(tmp_path, script, "--loss", "clip", "--repeats", "2", "--out", tmp_path)
+    run_cli(script, "--loss", "clip", "--repeats", "2", "--out", tmp_path, "--single")
+    single, ranks = np.load(tmp_path / "single.npz"), [np.load(tmp_path / f"dist_rank{r}.npz") for r in range(2)]
+    assert np.mean([float(r["align"]) for r in ranks]) == pytest.approx(float(single["align"]), rel=1e-5)
+    for key in single.files:
+        if key.startswith("p:"):
+            for r in ranks:
+                np.testing.assert_allclose(r[key], single[key], rtol=1e-5, atol=1e-6, err_msg=key)
