@@ -14,7 +14,10 @@ the normalised, erased CHW array; eval: resize and crop before MindSpore's Norma
 
 Randomness comes from Python's `random` and numpy's global generator, drawn in the same order as timm
 draws them (so with equal seeds a test gets timm's crop and ops exactly). MindSpore's `ds.config.set_seed`
-seeds both, and reseeds each Python worker process with seed + worker id.
+(data.py calls it with the config's seed) seeds both, and reseeds each Python worker process with seed +
+worker id, so worker processes do not repeat each other's draws. (For its default seed 5489 MindSpore
+skips that: forked workers would then share numpy's state, which draws the RandAugment ops and the
+erasing noise.)
 
 Train, in timm's order (MindSpore's Decode, then one Python op, TrainTransform): RandomResizedCrop
 (+interpolation) -> horizontal flip -> RandAugment or colour jitter -> normalised CHW float32 ->

@@ -515,6 +515,31 @@ def test_data_ops_are_these_transforms(test_image):
     assert other(encoded).shape == (3, 64, 64)
 
 
+def _numpy_draws(_):
+    return np.random.random(4)
+
+
+@pytest.mark.parametrize("processes", [True, False])
+def test_pipeline_workers_draw_different_augmentations(processes):
+    """In a MindSpore map with 2 workers (threads or processes) 16 copies of one image come out 16
+    different, and so do numpy's draws (op choice, erasing noise): MindSpore reseeds worker processes
+    (seed + worker id) rather than leaving them the parent's numpy state."""
+    import mindspore.dataset as ds
+    img = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    t = A.TrainTransform(A.RandomResizedCrop(16), augment=A.parse_rand_policy("randaug-m9-mstd0.5-inc1"),
+                         erasing=A.RandomErasing(0.5))
+    seed = ds.config.get_seed()
+    try:
+        for op in (t, _numpy_draws):
+            ds.config.set_seed(7)  # as create_dataset does with the config's seed
+            data = ds.NumpySlicesDataset({"image": np.stack([img] * 16)}, shuffle=False)
+            data = data.map([op], input_columns="image", num_parallel_workers=2, python_multiprocessing=processes)
+            outs = [row[0] for row in data.create_tuple_iterator(num_epochs=1, output_numpy=True)]
+            assert len(outs) == 16 and len({o.tobytes() for o in outs}) == 16, op
+    finally:
+        ds.config.set_seed(seed)
+
+
 def test_color_jitter_ranges():
     """torchvision's ColorJitter(0.4, 0.4, 0.4): factors uniform in [0.6, 1.4], in a random order."""
     img = Image.fromarray(np.full((8, 8, 3), 100, np.uint8))
