@@ -362,12 +362,15 @@ def test_mixup_cutmix_helpers_match_timm():
 
 @pytest.mark.parametrize("prob", [1.0, 0.5])
 def test_batch_mixing_matches_timm(prob):
-    """mindcv's Mixup as data.py builds it (batch mode, mixup 0.8, cutmix 1.0, switch 0.5, smoothing
-    0.1) against timm's Mixup._mix_batch + mixup_target (timm's __call__ puts targets on CUDA) under
+    """mindcv's Mixup as data.py builds it for the DeiT recipe (batch mode, mixup 0.8, cutmix 1.0, switch
+    0.5, smoothing 0.1) against timm's Mixup._mix_batch + mixup_target (timm's __call__ puts targets on CUDA) under
     equal numpy seeds: the same lambda, box, mixed images and soft targets."""
-    from mindcv.data.mixup import Mixup
+    from ms_gpt4image.data import _mixup
     kw = dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=prob, switch_prob=0.5, label_smoothing=0.1, num_classes=10)
-    ours, ref = Mixup(**kw), timm_mix.Mixup(**kw)
+    ours = _mixup(load_config("configs/imagenet_deit_small.yaml", [f"mixup_prob={prob}"]), {"num_classes": 10})
+    ref = timm_mix.Mixup(**kw)
+    assert (ours.mixup_alpha, ours.cutmix_alpha, ours.mix_prob, ours.switch_prob, ours.label_smoothing, ours.mode,
+            ours.correct_lam, ours.cutmix_minmax) == (0.8, 1.0, prob, 0.5, 0.1, "batch", True, None)
     kinds = set()
     for seed in range(40):
         x, y = _batch(seed)
