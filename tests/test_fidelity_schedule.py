@@ -350,8 +350,13 @@ def _our_ema(decay, warmup):
     return out
 
 
-def test_report():
-    """Prints the per-config table (pytest -s); runs last in this file."""
+def test_every_shipped_recipe_is_checked():
+    """Each recipe the package ships (`gpt4image recipes`) is a case of the tests above, with a reference
+    family; `pytest -s` prints the per-config lr table (REPORT) of the cases that ran."""
+    from ms_gpt4image.config import list_recipes
+    checked = {str(p.relative_to(ROOT / "configs"))[:-len(".yaml")].split("/")[-1] for p, *_ in CASES}
+    assert set(list_recipes()) == checked
+    assert all(fam in REFERENCES for _, _, fam, _ in CASES)
     for name, row in sorted(REPORT.items()):
         print(f"{name:40s} " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                         for k, v in row.items()))
