@@ -110,7 +110,7 @@ def heading_slugs(text):
 # ---------------------------------------------------------------- links
 
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
-REF_LINK = re.compile(r"^\s*\[[^\]]+\]:\s*<?(\S+?)>?(?:\s|$)", re.M)
+REF_LINK = re.compile(r"^\s*\[(?!\^)[^\]]+\]:\s*<?(\S+?)>?(?:\s|$)", re.M)  # not footnotes ([^x]: text)
 
 
 def link_problems(path, text):
