@@ -140,7 +140,7 @@ SCHEMA: Dict[str, Any] = {
     "mixup_prob": Float(1.0, low=0, high=1),
     "mixup_switch_prob": Float(0.5, low=0, high=1),
     # input pipeline: map/batch workers per device, and whether Python transforms (the imagenet
-    # augmentations, mixup) run in processes instead of threads (README, "Sizing the data workers")
+    # augmentations, mixup) run in processes instead of threads (docs/cluster.md, "Sizing the data workers")
     "num_parallel_workers": Int(2, low=1),
     "python_multiprocessing": Bool(False),
     # model
