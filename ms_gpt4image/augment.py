@@ -26,6 +26,7 @@ Eval: resize the shorter side to int(size / crop_pct), centre crop `size`.
 """
 import io
 import math
+import os
 import random
 import re
 from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
@@ -299,13 +300,27 @@ class TrainTransform:
     """The training transform after decoding, as one Python op (each op boundary in a MindSpore map
     costs a copy and, with threads, the GIL): a decoded HWC uint8 RGB array (or encoded bytes, decoded
     by PIL) -> random resized crop -> horizontal flip with probability `hflip` -> `augment` (RandAugment,
-    colour jitter or None) -> (x / 255 - mean) / std as CHW float32 -> `erasing` (RandomErasing or None)."""
+    colour jitter or None) -> (x / 255 - mean) / std as CHW float32 -> `erasing` (RandomErasing or None).
+
+    `rank`: every rank seeds its pipeline alike (the same seed gives every rank the same shuffle, which
+    MindRecord sharding and repeated augmentation need), so without more the ranks would draw the same
+    augmentations row for row; the references seed each rank apart (DeiT: seed + rank). So on its first
+    call in a process (the main one or a worker) a rank > 0 moves Python's and numpy's generators to a
+    state of its own, derived from the seeded state and the rank: reproducible, and different per rank."""
 
     def __init__(self, crop: RandomResizedCrop, hflip: float = 0.5, augment: Optional[Callable] = None,
-                 mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), erasing: Optional["RandomErasing"] = None):
-        self.crop, self.hflip, self.augment, self.erasing = crop, hflip, augment, erasing
+                 mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), erasing: Optional["RandomErasing"] = None,
+                 rank: int = 0):
+        self.crop, self.hflip, self.augment, self.erasing, self.rank = crop, hflip, augment, erasing, rank
         self.shift = (255 * np.asarray(mean, np.float32)).reshape(-1, 1, 1)
         self.scale = (1 / (255 * np.asarray(std, np.float32))).reshape(-1, 1, 1)
+        self.salted_in = None  # the pid of the process whose generators carry this rank's salt
+
+    def _salt_once(self):
+        if self.rank and self.salted_in != os.getpid():
+            self.salted_in = os.getpid()
+            random.seed(random.getrandbits(64) * 1_000_003 + self.rank)
+            np.random.seed(np.random.SeedSequence([int(np.random.randint(2 ** 31)), self.rank]).generate_state(1))
 
     def augment_pil(self, img: Image.Image) -> Image.Image:
         img = self.crop(img)
@@ -314,6 +329,7 @@ class TrainTransform:
         return img if self.augment is None else self.augment(img)
 
     def __call__(self, encoded) -> np.ndarray:
+        self._salt_once()
         image = self.augment_pil(decode(encoded))
         chw = np.asarray(image).transpose(2, 0, 1).astype(np.float32, order="C")
         chw -= self.shift

@@ -58,7 +58,7 @@ class _NumpyPolicy:
         return out if isinstance(out, Image.Image) else Image.fromarray(np.asarray(out, dtype=np.uint8))
 
 
-def _imagenet_ops(cfg: Dict, train: bool):
+def _imagenet_ops(cfg: Dict, train: bool, rank: int = 0):
     """timm 0.3.2's ImageNet transforms (augment.py; tests/test_fidelity_augment.py), after MindSpore's
     Decode. Train, one Python op: RandomResizedCrop (PIL, antialiased) -> flip -> RandAugment (timm's
     ops) or colour jitter -> normalise -> random erasing (re_mode). Eval: resize the shorter side to
@@ -84,15 +84,16 @@ def _imagenet_ops(cfg: Dict, train: bool):
     erasing = augment.RandomErasing(cfg["re_prob"], mode=cfg["re_mode"]) if cfg["re_prob"] > 0 else None
     return [vision.Decode(), augment.TrainTransform(augment.RandomResizedCrop(size, scale=tuple(cfg["rrc_scale"]), interpolation=filters),
                                    hflip=0.5 if cfg["hflip"] else 0.0, augment=extra, mean=cfg["mean"],
-                                   std=cfg["std"], erasing=erasing)]
+                                   std=cfg["std"], erasing=erasing, rank=rank)]
 
 
-def image_ops(cfg: Dict, train: bool):
+def image_ops(cfg: Dict, train: bool, rank: int = 0):
     """The per-image ops from encoded bytes to a normalised CHW float32 array. The eval ops start with
     `vision.Decode` (predict relies on it) and read only the preprocessing keys (PREPROCESS_KEYS in
-    deploy.py), so evaluate, export and predict share them."""
+    deploy.py), so evaluate, export and predict share them. `rank`: the training ops of each rank draw
+    their own augmentations (augment.TrainTransform)."""
     if cfg["transforms"] == "imagenet":
-        return _imagenet_ops(cfg, train)
+        return _imagenet_ops(cfg, train, rank)
     size = cfg["image_size"]
     # RGB (a grey PNG becomes three equal channels); resized first, so that the padded crop works on
     # images of any size (a 2000x8 strip, a 20 px image at image_size 32)
@@ -124,8 +125,8 @@ def create_dataset(cfg: Dict, split: str, num_shards: Optional[int] = None,
                    shard_id: Optional[int] = None, with_index: bool = False) -> Tuple[ds.Dataset, int]:
     """Returns (batched dataset, number of samples this rank reads per epoch). Train yields (image,
     label, text_emb), eval yields (image, label); `with_index` appends the records' `index` (tests).
-    With `repeated_aug` R > 1 each epoch reads a fresh random 1/R of the rank's shard and yields every
-    image R times in one batch (repeated_aug.py).
+    With `repeated_aug` R > 1 every rank reads the same shuffled order and trains its positions of the
+    R-times repeated list, as DeiT's RASampler deals them (repeated_aug.py).
 
     The training pipeline is built once per run: it reshuffles every epoch, in an order fixed by
     `seed` (a resumed run reaches the same epoch's order through `set_init_step`), each rank reading
@@ -139,8 +140,6 @@ def create_dataset(cfg: Dict, split: str, num_shards: Optional[int] = None,
     if train:
         ds.config.set_seed(cfg["seed"])  # the shuffle order and the random augmentations
         kwargs = dict(shuffle=True, num_shards=num_shards, shard_id=shard_id) if num_shards else dict(shuffle=True)
-        if repeats > 1:
-            kwargs = repeated_aug.reader_kwargs(files, repeats, num_shards, shard_id, cfg["batch_size"])
     else:
         kwargs = dict(shuffle=False)
         if num_shards:
@@ -150,13 +149,15 @@ def create_dataset(cfg: Dict, split: str, num_shards: Optional[int] = None,
                                  f"every device needs at least one")
             start, stop = total * shard_id // num_shards, total * (shard_id + 1) // num_shards
             kwargs = dict(sampler=ds.SequentialSampler(start_index=start, num_samples=stop - start))
-    data = ds.MindDataset(files, columns_list=columns, num_parallel_workers=1, **kwargs)
-    n = data.get_dataset_size()
     workers = dict(num_parallel_workers=cfg["num_parallel_workers"],
                    python_multiprocessing=cfg["python_multiprocessing"])
-    ops = image_ops(cfg, train)
-    if repeats > 1:  # decode and augment inside the batch op, R copies per record
-        return repeated_aug.batch(data, n, ops, cfg, columns, _mixup(cfg, manifest), workers)
+    ops = image_ops(cfg, train, shard_id or 0)
+    if repeats > 1:  # every rank reads the seed's order; the batch op deals and augments R copies per record
+        data, records = repeated_aug.reader(files, columns, repeats, num_shards, cfg["batch_size"])
+        return repeated_aug.batch(data, records, ops, cfg, columns, _mixup(cfg, manifest), workers,
+                                  num_shards or 1, shard_id or 0)
+    data = ds.MindDataset(files, columns_list=columns, num_parallel_workers=1, **kwargs)
+    n = data.get_dataset_size()
     if cfg["python_multiprocessing"]:
         # then MindSpore runs the op list in Python worker processes, which hand the first op the
         # record's numpy.bytes_ (mindcv's RandomCropDecodeResize refused it); decoders take a uint8 array

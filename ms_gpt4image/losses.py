@@ -14,11 +14,6 @@ when `normalize=True` (the authors' code does; the text side is normalised offli
   to the features' owner, and the usual mean over ranks of the gradients gives exactly the
   single-device gradient (no world_size factor, because no rank recomputes another rank's rows).
 * cosine  -- 2 - 2 cos(z_i, t_i), no negatives.
-
-With `repeats` R > 1 (repeated augmentation, repeated_aug.py) rows R*g .. R*g + R - 1 of each rank's
-batch are copies of one image with one text: infonce and clip leave a copy's other copies out of its
-negatives (their logits are masked), so each copy is scored against its own text and the texts of the
-other images, as when the copies sit on different ranks (DeiT's RASampler) and no batch holds two.
 """
 import mindspore.nn as nn
 import mindspore.ops as ops
@@ -52,9 +47,8 @@ class AlignLoss(nn.Cell):
     KINDS = ("infonce", "clip", "cosine")
 
     def __init__(self, kind: str = "infonce", tau: float = 0.5, normalize: bool = True,
-                 world_size: int = 1, rank: int = 0, repeats: int = 1):
+                 world_size: int = 1, rank: int = 0):
         super().__init__()
-        self.repeats = repeats
         if kind not in self.KINDS:
             raise ValueError(f"align.loss must be one of {self.KINDS}, got {kind!r}")
         if tau <= 0:
@@ -68,18 +62,6 @@ class AlignLoss(nn.Cell):
         if self.gather:
             self.all_gather = GatherWithGrad(rank)
 
-    def _mask_copies(self, logits: Tensor, offset: int) -> Tensor:
-        """logits [b, cols], row i against column offset + j: -1e4 where j is another copy of i's image."""
-        if self.repeats == 1:
-            return logits
-        b, cols = logits.shape
-        rows = ops.arange(b)
-        j = ops.arange(cols) - offset
-        local = (j >= 0) & (j < b)
-        same = (rows.reshape(-1, 1) // self.repeats == j.reshape(1, -1) // self.repeats) & local.reshape(1, -1) \
-            & (rows.reshape(-1, 1) != j.reshape(1, -1))
-        return logits - same.astype(logits.dtype) * 1e4
-
     def construct(self, img: Tensor, txt: Tensor) -> Tensor:
         if self.normalize:
             img = _l2_normalize(img)
@@ -88,10 +70,10 @@ class AlignLoss(nn.Cell):
         if self.gather:
             b = img.shape[0]
             target = (ops.arange(b) + self.rank * b).astype("int32")
-            rows = self._mask_copies(ops.matmul(img, self.all_gather(txt).T) * self.inv_tau, self.rank * b)
-            cols = self._mask_copies(ops.matmul(txt, self.all_gather(img).T) * self.inv_tau, self.rank * b)
+            rows = ops.matmul(img, self.all_gather(txt).T) * self.inv_tau          # local images x all texts
+            cols = ops.matmul(txt, self.all_gather(img).T) * self.inv_tau          # local texts x all images
             return 0.5 * (self.ce(rows, target) + self.ce(cols, target))
-        logits = self._mask_copies(ops.matmul(img, txt.T) * self.inv_tau, 0)  # [B_img, B_txt], symmetric mask
+        logits = ops.matmul(img, txt.T) * self.inv_tau  # [B_img, B_txt]
         target = ops.arange(img.shape[0]).astype("int32")
         loss = self.ce(logits, target)
         if self.kind == "clip":
@@ -103,11 +85,11 @@ class GPT4ImageLoss(nn.Cell):
     """L = CE(logits, y) + lambda * align(W f, t). Returns (total, ce, align)."""
 
     def __init__(self, lam: float = 0.3, kind: str = "infonce", tau: float = 0.5, normalize: bool = True,
-                 label_smoothing: float = 0.0, world_size: int = 1, rank: int = 0, repeats: int = 1):
+                 label_smoothing: float = 0.0, world_size: int = 1, rank: int = 0):
         super().__init__()
         self.lam = lam
         self.ce = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        self.align = AlignLoss(kind, tau, normalize, world_size, rank, repeats)
+        self.align = AlignLoss(kind, tau, normalize, world_size, rank)
 
     def construct(self, logits, proj, label, text_emb):
         ce = self.ce(logits, label)

@@ -2,38 +2,34 @@
 in the same global step, each copy with its own augmentation draws (Hoffer et al. 2020, "Augment your
 batch"; DeiT's default, R = 3).
 
-The reference is DeiT's `RASampler` (facebookresearch/deit, samplers.py), which the GPT4Image authors'
+The reference is DeiT's `RASampler` (facebookresearch/deit samplers.py), which the GPT4Image authors'
 DeiT code uses too. Per epoch it takes a seeded permutation of the n images, repeats each index R times
 in a row, deals the list round-robin to the W ranks (rank r takes positions r, r + W, ...) and lets each
 rank keep the first floor(n // 256 * 256 / W) of its positions: an epoch sees about n / R distinct
-images, each R times, the copies in the same step on R neighbouring ranks.
+images, each R times, the copies in the same step on R neighbouring ranks (on one rank, adjacent, when
+W = 1).
 
-Ours, built from what `ds.MindDataset` offers (it takes only its own samplers, and the training
-pipeline is built once per run, reshuffling every epoch):
-* each rank reads its MindRecord shard shuffled, as without repeats, but only `distinct` = steps *
-  ceil(batch_size / R) records of it per epoch (`plan`), where steps = floor(selected / batch_size)
-  and selected = floor(n // 256 * 256 / W) is RASampler's per-rank count (n < 256, the tests' data:
-  floor(n / W)). MindRecord reshuffles and reshards every epoch, so each epoch reads a fresh random
-  subset, disjoint between ranks;
-* the batch op takes ceil(batch_size / R) records and its per_batch_map (`RepeatedBatch`) runs the
-  training ops (`data.image_ops`) R times on each, the copies adjacent in the
-  batch (labels and text embeddings repeated), then mixup/cutmix over the whole batch as without
-  repeats. Where R does not divide batch_size (DeiT: 128 per device, R = 3) the batch's last image
-  gets the copies that fit (here 2): RASampler too splits an image's copies between two steps
-  wherever the global batch (1024) is not a multiple of R.
-Steps per epoch are RASampler's with DataLoader(drop_last=True), floor(selected / batch_size);
-tests/test_repeated_aug.py checks them, and the distinct images per epoch, against RASampler itself
-for W = 1, 2, 4, 8.
+Ours deals the same way. `ds.MindDataset` takes only its own samplers and the training pipeline is built
+once per run, so the dealing happens in the batch op:
+* every rank reads the same order: the whole training set shuffled with the config's seed (no MindRecord
+  sharding: the seed is the same on every rank, so is the permutation, new every epoch), of which an
+  epoch takes the first `records` (`plan`);
+* the batch op takes the `per_step` = ceil(batch_size * W / R) records that one global step covers, and
+  its per_batch_map (`RepeatedBatch`) keeps this rank's positions of their repeated list, r, r + W, ...
+  (record (r + k W) // R for row k), decoding each kept record once and running the other training ops
+  (`data.image_ops`) once per copy, with fresh random draws; then mixup/cutmix over the batch, as
+  without repeats.
+So a rank trains RASampler's indices of this permutation, row for row, and steps per epoch are
+RASampler's with DataLoader(drop_last=True): tests/test_repeated_aug.py checks both against RASampler
+itself for W = 1, 2, 4, 8. Each rank reads the encoded bytes of every record of a step (about R / W of
+them are its own: with W = 8 ranks on one host the page cache serves the other 7 reads) and decodes only
+its own.
 
-The deliberate difference: the R copies of an image sit in the same local batch of one rank (RASampler
-puts them on R different ranks of the same global step). The global batch holds the same images and
-copies; what changes is only which rank computes which copy. That matters for what is local to a rank:
-* the alignment loss (losses.py): a copy's negatives would include the other copies' text embedding,
-  which is its own; the loss masks same-image pairs (`repeats`), so a copy's negatives are the texts of
-  the other images only (with RASampler and the rank-local infonce loss the copies never meet; the
-  authors' gathered CLIP loss does score them as negatives of each other);
-* with fewer ranks than R RASampler too puts copies of an image in one batch (W = 1: all R, adjacent,
-  the layout we use everywhere), where its losses do score them as each other's negatives; ours do not.
+One difference: where R does not divide the global batch (DeiT: 8 x 128 = 1024, R = 3) RASampler lets
+an image's copies straddle two steps; here they never do: a step's last image gets the copies that fit
+(1024 = 341 x 3 + 1), so an epoch holds a few more distinct images (1 per step: 0.3% at DeiT's batch).
+The alignment loss is the reference's: copies in one batch (W < R) are negatives of each other, as in
+RASampler's batches.
 
 Why the augmentations run inside the batch op: three map ops over three copies of the image column get
 identical draws (MindSpore seeds every random op instance with the same `ds.config` seed), and
@@ -61,30 +57,34 @@ def selected_per_rank(n: int, world_size: int) -> int:
 
 def plan(n: int, world_size: int, repeats: int, batch_size: int) -> Dict[str, int]:
     """What each rank trains per epoch: `selected` (RASampler's count), `steps` = floor(selected /
-    batch_size) (RASampler's with DataLoader(drop_last=True)), `per_batch` = ceil(batch_size / R)
-    records per batch, `distinct` = steps * per_batch records read per epoch, `samples` = steps *
-    batch_size rows trained. When R does not divide batch_size (DeiT: 128 and 3) the last record of
-    each batch gets batch_size - R * (per_batch - 1) copies, as RASampler splits the copies of an image
-    between two steps where its global batch (1024) is not a multiple of R."""
+    batch_size) (RASampler's with DataLoader(drop_last=True)), `per_step` = ceil(batch_size * W / R)
+    records per global step, `records` = steps * per_step records of the epoch's order read by every
+    rank (the distinct images of an epoch), `samples` = steps * batch_size rows a rank trains."""
     selected = selected_per_rank(n, world_size)
     steps = selected // batch_size
-    per_batch = -(-batch_size // repeats)
-    return {"selected": selected, "steps": steps, "per_batch": per_batch, "distinct": steps * per_batch,
+    per_step = -(-batch_size * world_size // repeats)
+    return {"selected": selected, "steps": steps, "per_step": per_step, "records": steps * per_step,
             "samples": steps * batch_size}
 
 
-def reader_kwargs(files: Sequence[str], repeats: int, num_shards: Optional[int], shard_id: Optional[int],
-                  batch_size: int) -> Dict:
-    """ds.MindDataset arguments: the rank's shard, shuffled every epoch, `distinct` records per epoch.
-    Always through num_shards/shard_id: MindSpore 2.7's MindDataset(shuffle=True, num_samples=k)
-    without them draws with replacement (an image twice in an epoch)."""
+def rows_of_rank(rank: int, world_size: int, repeats: int, batch_size: int) -> List[int]:
+    """The record (0 .. per_step - 1 within a step) of each of the rank's batch_size rows: RASampler's
+    positions rank, rank + W, ... of the step's repeated list, position p holding record p // R."""
+    return [(rank + k * world_size) // repeats for k in range(batch_size)]
+
+
+def reader(files: Sequence[str], columns: List[str], repeats: int, num_shards: Optional[int], batch_size: int):
+    """(the MindDataset every rank reads, `records` per epoch): the whole set, shuffled every epoch in the
+    seed's order, the epoch cut at `records` with take (MindDataset's own num_samples without shards
+    would draw with replacement in MindSpore 2.7)."""
     n = ds.MindDataset(list(files), columns_list=["label"], shuffle=False).get_dataset_size()
     world = num_shards or 1
     p = plan(n, world, repeats, batch_size)
     if p["steps"] == 0:
         raise ValueError(f"{n} training images over {world} device(s): {p['selected']} per device (RASampler's "
                          f"count) < batch_size {batch_size}")
-    return dict(shuffle=True, num_shards=world, shard_id=shard_id or 0, num_samples=p["distinct"])
+    data = ds.MindDataset(list(files), columns_list=columns, num_parallel_workers=1, shuffle=True)
+    return data.take(p["records"]), p["records"]
 
 
 def _decode_and_rest(ops: List):
@@ -95,42 +95,40 @@ def _decode_and_rest(ops: List):
 
 
 class RepeatedBatch:
-    """per_batch_map: ceil(batch_size / R) records -> batch_size rows, copy c of record i at row R * i + c
-    (the last record's copies cut at batch_size). A leading vision.Decode runs once per record, the other
-    ops once per copy, with fresh random draws each time. `mix` (mindcv's Mixup) then mixes the whole batch.
-    Columns: image, label, then any others (text_emb, index), repeated as the labels are."""
+    """per_batch_map: the per_step records of one global step -> this rank's batch_size rows (rows_of_rank).
+    A leading vision.Decode runs once per kept record, the other ops once per row, with fresh random
+    draws each time. `mix` (mindcv's Mixup) then mixes the whole batch. Columns: image, label, then any
+    others (text_emb, index), taken with the same rows as the labels."""
 
-    def __init__(self, ops: List, repeats: int, batch_size: int, mix: Optional[Callable] = None):
+    def __init__(self, ops: List, rows: List[int], mix: Optional[Callable] = None):
         self.decode, self.rest = _decode_and_rest(ops)
-        self.repeats, self.batch_size, self.mix = repeats, batch_size, mix
+        self.rows, self.mix = np.asarray(rows), mix
 
     def augment(self, image):
         for op in self.rest:
             image = op(image)
         return image
 
-    def copies(self, column) -> np.ndarray:
-        return np.repeat(np.stack(column), self.repeats, axis=0)[:self.batch_size]
-
     def __call__(self, images, labels, *columns):
         *columns, _batch_info = columns
-        out = []
-        for encoded in images:
-            decoded = np.frombuffer(encoded, np.uint8)
+        decoded = {}
+        for i in sorted(set(self.rows.tolist())):
+            decoded[i] = np.frombuffer(images[i], np.uint8)
             if self.decode is not None:
-                decoded = self.decode(decoded)
-            out += [self.augment(decoded) for _ in range(min(self.repeats, self.batch_size - len(out)))]
-        images, labels = np.stack(out), self.copies(labels)
+                decoded[i] = self.decode(decoded[i])
+        images = np.stack([self.augment(decoded[i]) for i in self.rows])
+        labels = np.stack(labels)[self.rows]
         if self.mix is not None:
             images, labels = self.mix(images, labels)
-        return (images, labels) + tuple(self.copies(c) for c in columns)
+        return (images, labels) + tuple(np.stack(c)[self.rows] for c in columns)
 
 
-def batch(data, records: int, ops: List, cfg: Dict, columns: List[str], mix: Optional[Callable], workers: Dict):
-    """The training batch op with repeated augmentation over `data`, the rank's `records` per epoch
-    (image still encoded). Returns (batched dataset, rows it yields per epoch)."""
+def batch(data, records: int, ops: List, cfg: Dict, columns: List[str], mix: Optional[Callable], workers: Dict,
+          world_size: int = 1, rank: int = 0):
+    """The training batch op with repeated augmentation over `data` (`records` per epoch, image still
+    encoded), for `rank` of `world_size`. Returns (batched dataset, rows it yields per epoch)."""
     r, size = cfg["repeated_aug"], cfg["batch_size"]
-    make = RepeatedBatch(ops, r, size, mix)
+    make = RepeatedBatch(ops, rows_of_rank(rank, world_size, r, size), mix)
     # MindSpore checks that per_batch_map's signature has one argument per column (and batch_info)
     if len(columns) == 3:
         def per_batch(images, labels, text_emb, batch_info):
@@ -138,6 +136,6 @@ def batch(data, records: int, ops: List, cfg: Dict, columns: List[str], mix: Opt
     else:
         def per_batch(images, labels, text_emb, index, batch_info):
             return make(images, labels, text_emb, index, batch_info)
-    per_batch_records = -(-size // r)
-    return (data.batch(per_batch_records, drop_remainder=True, per_batch_map=per_batch, input_columns=columns,
-                       **workers), records // per_batch_records * size)
+    per_step = -(-size * world_size // r)
+    return (data.batch(per_step, drop_remainder=True, per_batch_map=per_batch, input_columns=columns, **workers),
+            records // per_step * size)

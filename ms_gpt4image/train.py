@@ -59,7 +59,7 @@ def build_training(cfg: Dict, steps_per_epoch: int, manifest: Dict, world: World
                        a["projector"], a["mlp_bn"])
     mixing = cfg["mixup"] > 0 or cfg["cutmix"] > 0  # then smoothing is inside the soft targets
     loss = GPT4ImageLoss(a["lambda"], a["loss"], a["tau"], a["normalize"], 0.0 if mixing else cfg["label_smoothing"],
-                         world.size, world.rank, cfg["repeated_aug"])
+                         world.size, world.rank)
     lr = lr_schedule(cfg, steps_per_epoch, scaled_lr(cfg, world))
     opt = build_optimizer(cfg, net, lr)
     if cfg["amp_level"] != "O0":

@@ -30,9 +30,9 @@ GLOBAL_BATCH, HALVES, DIM, LAM, TAU = 8, 2, 16, 0.5, 0.5
 class HalvesLoss(nn.Cell):
     """CE on the whole batch + lambda * mean over halves of the local-negative alignment loss."""
 
-    def __init__(self, kind, repeats=1):
+    def __init__(self, kind):
         super().__init__()
-        self.loss = GPT4ImageLoss(LAM, kind, TAU, repeats=repeats)
+        self.loss = GPT4ImageLoss(LAM, kind, TAU)
 
     def construct(self, logits, proj, label, text_emb):
         b = GLOBAL_BATCH // HALVES
@@ -46,7 +46,6 @@ def main():
     ap.add_argument("--loss", required=True, choices=["clip", "infonce"])
     ap.add_argument("--out", required=True)
     ap.add_argument("--single", action="store_true")
-    ap.add_argument("--repeats", type=int, default=1, help="repeated augmentation: rows in groups of R share a text")
     a = ap.parse_args()
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
@@ -57,13 +56,12 @@ def main():
     y = rng.integers(0, 10, GLOBAL_BATCH).astype(np.int32)
     t = rng.normal(size=(GLOBAL_BATCH, DIM)).astype(np.float32)
     t /= np.linalg.norm(t, axis=1, keepdims=True)
-    y, t = y[np.arange(GLOBAL_BATCH) // a.repeats * a.repeats], t[np.arange(GLOBAL_BATCH) // a.repeats * a.repeats]
     if world.distributed:
         b = GLOBAL_BATCH // world.size
         x, y, t = (v[world.rank * b:(world.rank + 1) * b] for v in (x, y, t))
-        loss = GPT4ImageLoss(LAM, a.loss, TAU, world_size=world.size, rank=world.rank, repeats=a.repeats)
+        loss = GPT4ImageLoss(LAM, a.loss, TAU, world_size=world.size, rank=world.rank)
     else:
-        loss = GPT4ImageLoss(LAM, a.loss, TAU, repeats=a.repeats) if a.loss == "clip" else HalvesLoss(a.loss, a.repeats)
+        loss = GPT4ImageLoss(LAM, a.loss, TAU) if a.loss == "clip" else HalvesLoss(a.loss)
     net = GPT4ImageNet(create_backbone("simple_cnn", num_classes=10, width=8), DIM)
     opt = nn.Momentum(net.trainable_params(), learning_rate=0.5, momentum=0.9)
     step = TrainStep(NetWithLoss(net, loss), opt)

@@ -1,11 +1,10 @@
 """Repeated augmentation (`repeated_aug: 3`, ms_gpt4image/repeated_aug.py) against DeiT's RASampler.
 
 The reference is RASampler as in facebookresearch/deit samplers.py, rewritten below from reading it
-(torch, the test-time dependency). The one deliberate difference, which these tests pin down: our
-copies of an image sit next to each other in one rank's batch, RASampler's go to R neighbouring ranks
-of the same global step; the per-rank counts, the steps per epoch and the distinct images per epoch
-are RASampler's. `packed` has 80 training images, fewer than RASampler's rounding unit (256), so the
-pipeline tests compare with the reference at round_to=1 (our only change for n < 256); the
+(torch, the test-time dependency), with its dealing also applied to a given order (`deal`): every rank
+of ours must train RASampler's indices of MindSpore's shuffled order, row for row, with R differently
+augmented copies of each image. `packed` has 80 training images, fewer than RASampler's rounding unit
+(256), so the pipeline tests compare with the reference at round_to=1 (our only change for n < 256); the
 arithmetic tests use the reference as it is.
 """
 import itertools
@@ -20,8 +19,8 @@ import mindspore.dataset as ds
 
 from conftest import ROOT, run_cli, run_cli_concurrently
 from ms_gpt4image.config import ConfigError, load_config
-from ms_gpt4image.data import create_dataset
-from ms_gpt4image.repeated_aug import plan
+from ms_gpt4image.data import create_dataset, load_manifest, split_files
+from ms_gpt4image.repeated_aug import plan, rows_of_rank
 
 
 class RASampler:
@@ -37,13 +36,16 @@ class RASampler:
     def __iter__(self):
         g = torch.Generator()
         g.manual_seed(self.epoch)
-        indices = torch.randperm(self.n, generator=g).tolist()
-        indices = [i for i in indices for _ in range(3)]
+        return iter(self.deal(torch.randperm(self.n, generator=g).tolist()))
+
+    def deal(self, order):
+        """RASampler.__iter__ after its permutation: repeat, pad, deal round-robin, keep the selected."""
+        indices = [i for i in order for _ in range(3)]
         indices += indices[:(self.total_size - len(indices))]
         assert len(indices) == self.total_size
         indices = indices[self.rank:self.total_size:self.num_replicas]
         assert len(indices) == self.num_samples
-        return iter(indices[:self.num_selected_samples])
+        return indices[:self.num_selected_samples]
 
     def __len__(self):
         return self.num_selected_samples
@@ -71,23 +73,25 @@ def test_counts_per_rank_and_epoch_match_rasampler(world):
         assert p["selected"] == len(ref)                           # RASampler's per-rank count
         assert p["steps"] == len(ref) // batch                     # DataLoader(drop_last=True) steps
         assert p["samples"] == p["steps"] * batch                  # rows trained per rank and epoch
-        assert p["distinct"] == p["steps"] * math.ceil(batch / 3)  # records read per rank and epoch
-    # the global multiset of one epoch: RASampler's (iterated) against ours
-    for n, batch in ((10000, 48), (10000, 128), (1000, 30)):
-        ref = reference_epoch(n, world, batch)
-        trained = [i for rank in ref.values() for i in rank]
-        counts = np.bincount(trained, minlength=n)
+        assert p["records"] == p["steps"] * math.ceil(batch * world / 3)
+    # our dealing of an order, step by step, against RASampler's of the same order
+    for n, batch in ((10000, 48), (10000, 128), (1000, 30), (1000, 16)):
+        order = np.random.default_rng(n + batch).permutation(n).tolist()
         p = plan(n, world, 3, batch)
-        ours = world * p["distinct"]
-        assert len(trained) == world * p["samples"]
-        assert set(np.unique(counts)) <= {0, 1, 2, 3}
-        assert np.count_nonzero(counts) == math.ceil(len(trained) / 3)  # a third of what an epoch trains
-        assert abs(ours / n - 1 / 3) < 0.03 if n == 10000 else True    # ... about a third of the data
-        if batch % 3 == 0:  # each image 3 times: the same number of distinct images
-            assert np.count_nonzero(counts) == ours
-            assert (counts == 3).sum() >= ours - 1
-        else:  # 128: the last image of each of our batches has 2 copies (RASampler splits one per global step)
-            assert 0 <= ours - np.count_nonzero(counts) <= world * p["steps"]
+        for rank in range(world):
+            ref = RASampler(n, world, rank).deal(order)[:p["samples"]]
+            ours = [order[step * p["per_step"] + i] for step in range(p["steps"])
+                    for i in rows_of_rank(rank, world, 3, batch)]
+            if batch * world % 3 == 0:
+                assert ours == ref  # row for row
+            else:  # copies never straddle steps: the dealing restarts at a whole image every step
+                assert ours[:batch] == ref[:batch] and len(ours) == len(ref)
+        counts = np.bincount([i for rank in range(world) for step in range(p["steps"])
+                              for i in (order[step * p["per_step"] + j] for j in rows_of_rank(rank, world, 3, batch))],
+                             minlength=n)
+        assert np.count_nonzero(counts) == p["records"] and set(np.unique(counts)) <= {0, 1, 2, 3}
+        ref_distinct = len({i for rank in range(world) for i in RASampler(n, world, rank).deal(order)[:p["samples"]]})
+        assert 0 <= p["records"] - ref_distinct <= (p["steps"] if batch * world % 3 else 0)  # one per step at most
 
 
 def _cfg(packed, *extra):
@@ -107,43 +111,43 @@ def _epochs(cfg, epochs, world=1, rank=0, start_epoch=0):
     for _ in range(start_epoch, epochs):
         batches = list(it)
         out.append((np.concatenate([b["index"] for b in batches]), np.concatenate([b["image"] for b in batches])))
-        for b in batches:  # labels and text embeddings repeated with their images
-            first = np.arange(len(b["index"])) // 3 * 3
-            assert all((b[k] == b[k][first]).all() for k in ("index", "label", "text_emb"))
+        for b in batches:  # labels and text embeddings go with their images
+            first = np.array([np.flatnonzero(b["index"] == i)[0] for i in b["index"]])
+            assert all((b[k] == b[k][first]).all() for k in ("label", "text_emb"))
     return n, data.get_dataset_size(), out
 
 
-def _check_copies(indices, images, batch):
-    """Every image 3 times, adjacent, in one batch, with 3 different augmentations."""
-    assert len(indices) % batch == 0
-    for start in range(0, len(indices), 3):
-        group = indices[start:start + 3]
-        assert (group == group[0]).all() and start // batch == (start + 2) // batch
-        a, b, c = images[start:start + 3]
-        assert np.abs(a - b).max() > 0 and np.abs(a - c).max() > 0 and np.abs(b - c).max() > 0
-    assert np.unique(indices).size * 3 == len(indices)
+def _order(cfg, epochs, records):
+    """MindSpore's shuffled order of each epoch, as every rank reads it (the seed's, cut at `records`)."""
+    files = split_files(cfg["data_dir"], load_manifest(cfg["data_dir"]), "train")
+    ds.config.set_seed(cfg["seed"])
+    data = ds.MindDataset(files, columns_list=["index"], shuffle=True, num_parallel_workers=1).take(records)
+    it = data.create_tuple_iterator(num_epochs=epochs, output_numpy=True)
+    return [[int(row[0]) for row in it] for _ in range(epochs)]
 
 
 @pytest.mark.parametrize("world", [1, 2, 4, 8])
-def test_pipeline_per_rank_against_rasampler(packed, world):
+def test_pipeline_per_rank_is_rasamplers_dealing(packed, world):
     cfg = _cfg(packed)
     n_images, batch, epochs = 80, cfg["batch_size"], 2
-    ref = reference_epoch(n_images, world, batch, round_to=1)  # RASampler without its 256 rounding
-    seen = {e: [] for e in range(epochs)}
+    p = plan(n_images, world, 3, batch)
+    orders = _order(cfg, epochs, p["records"])
+    assert orders[0] != orders[1] and len(set(orders[0])) == p["records"]  # a new permutation every epoch
+    images_of = {e: {} for e in range(epochs)}
     for rank in range(world):
         n, steps, out = _epochs(cfg, epochs, world, rank)
-        assert n == len(ref[rank]) and steps == len(ref[rank]) // batch  # rows and steps per rank: RASampler's
+        ref = RASampler(n_images, world, rank, round_to=1)
+        assert (n, steps) == (p["samples"], len(ref) // batch)  # rows and steps per rank: RASampler's
         for e, (indices, images) in enumerate(out):
-            assert len(indices) == n
-            _check_copies(indices, images, batch)
-            seen[e].append(set(indices.tolist()))
+            rest = [i for i in range(n_images) if i not in set(orders[e])]  # past the rows trained: any order
+            assert indices.tolist() == ref.deal(orders[e] + rest)[:n]  # RASampler's indices of this order, row for row
+            for i, image in zip(indices.tolist(), images):
+                images_of[e].setdefault(i, []).append(image)
     for e in range(epochs):
-        union = set().union(*seen[e])
-        assert sum(map(len, seen[e])) == len(union)  # ranks read disjoint images
-        assert len(union) == len(set(i for r in ref.values() for i in r))  # RASampler's distinct count
-        assert len(union) == world * (80 // world // 6) * 2  # about a third of the 80
-    assert seen[0] != seen[1]  # a fresh random subset every epoch
-    assert set().union(*seen[0]) != set().union(*seen[1])
+        assert len(images_of[e]) == p["records"]  # about a third of the 80
+        for copies in images_of[e].values():  # 3 copies over the ranks, each augmented differently
+            assert len(copies) == 3
+            assert all(np.abs(a - b).max() > 0 for a, b in itertools.combinations(copies, 2))
 
 
 def test_fresh_subset_every_epoch_and_the_same_order_after_resume(packed):
@@ -199,43 +203,6 @@ def test_config_checks():
     assert load_config("imagenet_convnext_tiny")["repeated_aug"] == 1
 
 
-def _masked_infonce(z, t, repeats, tau=0.5):
-    z = z / np.linalg.norm(z, axis=1, keepdims=True)
-    logits = z @ t.T / tau
-    group = np.arange(len(z)) // repeats
-    logits[(group[:, None] == group[None, :]) & ~np.eye(len(z), dtype=bool)] = -np.inf
-    logits -= logits.max(axis=1, keepdims=True)
-    return float(-(np.diag(logits) - np.log(np.exp(logits).sum(axis=1))).mean())
-
-
-def test_alignment_loss_leaves_the_other_copies_out_of_the_negatives():
-    import mindspore as ms
-    from ms_gpt4image.losses import AlignLoss
-    rng = np.random.default_rng(0)
-    t = np.repeat(rng.normal(size=(3, 8)), 3, axis=0)[:8].astype(np.float32)  # 3 + 3 + 2 copies
-    t /= np.linalg.norm(t, axis=1, keepdims=True)
-    z = rng.normal(size=(8, 8)).astype(np.float32)
-    got = float(AlignLoss("infonce", 0.5, repeats=3)(ms.Tensor(z), ms.Tensor(t)).asnumpy())
-    assert got == pytest.approx(_masked_infonce(z, t, 3), rel=1e-5)
-    plain = float(AlignLoss("infonce", 0.5)(ms.Tensor(z), ms.Tensor(t)).asnumpy())
-    assert plain > got  # unmasked, the copies' texts (= their own) count as negatives
-    clip = float(AlignLoss("clip", 0.5, repeats=3)(ms.Tensor(z), ms.Tensor(t)).asnumpy())
-    assert clip == pytest.approx(_masked_clip(z, t, 3), rel=1e-5)
-
-
-def _masked_clip(z, t, repeats, tau=0.5):
-    """Symmetric CLIP loss with the same-image pairs masked on both sides."""
-    z = z / np.linalg.norm(z, axis=1, keepdims=True)
-    logits = z @ t.T / tau
-    group = np.arange(len(z)) // repeats
-    logits[(group[:, None] == group[None, :]) & ~np.eye(len(z), dtype=bool)] = -np.inf
-
-    def ce(x):
-        x = x - x.max(axis=1, keepdims=True)
-        return float(-(np.diag(x) - np.log(np.exp(x).sum(axis=1))).mean())
-    return 0.5 * (ce(logits) + ce(logits.T.copy()))
-
-
 def _train_cfg(tmp_path, packed, name, extra=""):
     p = tmp_path / f"{name}.yaml"
     p.write_text(f"data_dir: {packed / 'data'}\noutput_dir: {tmp_path / name}\nmodel: simple_cnn\n"
@@ -268,18 +235,3 @@ def test_training_with_repeated_aug_and_resume(packed, tmp_path):
     assert summary["best_top1"] == max(r["top1"] for r in logs["full"])
     assert ev["reported"] == "max" and ev["top1"] == pytest.approx(max(last["top1"], last["top1_ema"]))
     assert (ev["top1_raw"], ev["top1_ema"]) == pytest.approx((last["top1"], last["top1_ema"]))
-
-
-def test_two_workers_mask_the_copies_as_one_process_does(tmp_path):
-    """msrun, 2 workers, the CLIP loss over gathered features with copies (groups of 2 rows sharing a
-    text on each rank): the loss and the updated weights equal one process's on the whole batch."""
-    from test_distributed import msrun
-    script = ROOT / "tests" / "dist_parity.py"
-    msrun(tmp_path, script, "--loss", "clip", "--repeats", "2", "--out", tmp_path)
-    run_cli(script, "--loss", "clip", "--repeats", "2", "--out", tmp_path, "--single")
-    single, ranks = np.load(tmp_path / "single.npz"), [np.load(tmp_path / f"dist_rank{r}.npz") for r in range(2)]
-    assert np.mean([float(r["align"]) for r in ranks]) == pytest.approx(float(single["align"]), rel=1e-5)
-    for key in single.files:
-        if key.startswith("p:"):
-            for r in ranks:
-                np.testing.assert_allclose(r[key], single[key], rtol=1e-5, atol=1e-6, err_msg=key)
