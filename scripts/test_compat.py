@@ -32,14 +32,12 @@ recorded as passed with the same versions is skipped unless --force.
 import argparse
 import datetime
 import glob
-import gzip
 import json
 import os
 import re
 import shlex
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -328,31 +326,20 @@ def clean_env(venv: Optional[Path] = None) -> Dict:
 # ------------------------------------------------------------------------------------------------
 # data: synthetic idx images -> describe -> embed -> pack, with the checkout's .venv
 
-def write_idx(path: Path, array) -> None:
-    import numpy as np
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + np.asarray(array).astype(np.uint8).tobytes())
-
-
-def synthetic_images(n: int, seed: int):
-    """28x28 grey images whose class decides a bright bar's position, plus noise (as tests/conftest.py)."""
-    import numpy as np
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 10
-    rng.shuffle(labels)
-    images = rng.integers(0, 40, size=(n, 28, 28))
-    for i, y in enumerate(labels):
-        r = 2 + 2 * y
-        images[i, r:r + 3, 4:24] = 200 + rng.integers(0, 55)
-        images[i, 6:22, 10 + (y % 3):14 + (y % 3)] += int(rng.integers(0, 100))
-    return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.uint8)
+def demo_args(data_dir, out: Path, size: Dict, batch: int, epochs: int) -> List[str]:
+    """`train -c demo_fmnist` arguments for one smoke size (model, width) on `data_dir`, writing to `out`."""
+    sets = {"data_dir": data_dir, "output_dir": out, "model": size["model"],
+            "model_kwargs": f"{{width: {size['width']}}}", "batch_size": batch, "eval_batch_size": size["batch"],
+            "epoch_size": epochs, "warmup_epochs": 0, "lr": 0.05}
+    return ["-c", "demo_fmnist"] + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
 
 
 def prepare_data(base: Path, logs: Path, sizes: Sequence[str]) -> Dict:
     """{'full'/'small' (those in sizes): packed dir, 'images': folder of PNGs, 'written_by': MindSpore version},
     made with the main venv."""
     from PIL import Image
+    sys.path.insert(0, str(ROOT / "tests"))
+    from idx_data import synthetic_images, write_idx  # numpy, as PIL: the main venv has them
     if not MAIN_PY.exists():
         raise SystemExit(f"{MAIN_PY} is missing: run `make setup` first")
     idx = base / "idx"
@@ -547,10 +534,7 @@ def smoke(combo: Combo, venv: Path, data: Dict, env: Dict, logs: Path, steps: Di
 
         gpt = bin_ / "gpt4image"
         out = work / "run"
-        common = ["-c", "demo_fmnist", "--set", f"data_dir={data[size['data']]}", "--set", f"output_dir={out}",
-                  "--set", f"model={size['model']}", "--set", f"model_kwargs={{width: {size['width']}}}",
-                  "--set", f"batch_size={size['batch']}", "--set", f"eval_batch_size={size['batch']}",
-                  "--set", "epoch_size=2", "--set", "warmup_epochs=0", "--set", "lr=0.05"]
+        common = demo_args(data[size["data"]], out, size, batch=size["batch"], epochs=2)
         try:
             timed("doctor", [[gpt, "doctor", "--no-run-check"], [gpt, "doctor"]], each=True)
         except StepFailed as e:  # name doctor's bad checks rather than its advice
@@ -579,10 +563,7 @@ def smoke(combo: Combo, venv: Path, data: Dict, env: Dict, logs: Path, steps: Di
                             "if __name__ == '__main__':\n    sys.exit(main())\n")
         dist_out = work / "dist"
         log_dir = work / "msrun_logs"
-        dist = ["-c", "demo_fmnist", "--set", f"data_dir={data[size['data']]}", "--set", f"output_dir={dist_out}",
-                "--set", f"model={size['model']}", "--set", f"model_kwargs={{width: {size['width']}}}",
-                "--set", f"batch_size={max(size['batch'] // 2, 4)}", "--set", f"eval_batch_size={size['batch']}",
-                "--set", "epoch_size=1", "--set", "warmup_epochs=0", "--set", "lr=0.05"]
+        dist = demo_args(data[size["data"]], dist_out, size, batch=max(size["batch"] // 2, 4), epochs=1)
 
         def distributed(_):
             summary = json.loads((dist_out / "summary.json").read_text())

@@ -1,18 +1,16 @@
-import gzip
 import json
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from export.ray_local import LOOPBACK_ENV  # noqa: E402 (needs ROOT on sys.path)
+from idx_data import synthetic_images, write_idx  # noqa: E402,F401 (the tests import them from here)
 
 # offline; a Ray driver (describe/embed --engine ray) reaches the tests' local cluster on loopback only
 CLI_ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GLOG_v="3", PYTHONPATH=str(ROOT),
@@ -43,25 +41,6 @@ def run_cli_concurrently(*commands, timeout=900):
         out, err = proc.communicate(timeout=timeout)
         done.append(_checked(args, subprocess.CompletedProcess(args, proc.returncode, out, err), True))
     return done
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-def synthetic_images(n: int, seed: int):
-    """28x28 grey images whose class decides a bright bar's position plus noise: learnable in a few steps."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 10
-    rng.shuffle(labels)
-    images = rng.integers(0, 40, size=(n, 28, 28))
-    for i, y in enumerate(labels):
-        r = 2 + 2 * y
-        images[i, r:r + 3, 4:24] = 200 + rng.integers(0, 55)
-        images[i, 6:22, 10 + (y % 3):14 + (y % 3)] += int(rng.integers(0, 100))
-    return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.uint8)
 
 
 @pytest.fixture(scope="session")
