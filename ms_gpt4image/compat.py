@@ -109,3 +109,21 @@ def cann_pair_verdict(mindspore_version: str, cann_version: str) -> Dict:
                        + (f"install mindspore=={fix} (built for CANN {cann_version})" if fix else
                           f"install the MindSpore release built for CANN {cann_version} (see the vendor's table)")
                        + f", or move to CANN {want}"}
+
+
+def set_device_id(target: str, device_id: int) -> None:
+    """This process's Ascend/GPU device number (nothing on CPU): `mindspore.set_device(target, device_id)` from
+    2.5, `set_context(device_id=)` before. From 2.5 the first set_device call fixes the id, and
+    `set_device(target)` without one (engine.setup_context) already fixed the default; the id then goes
+    through set_context, which MindSpore still honours until the device starts. Nothing to do where
+    MindSpore already holds this id (it reads DEVICE_ID, which mpirun's local rank sets, at start)."""
+    import mindspore as ms
+    if target not in ("Ascend", "GPU") or ms.get_context("device_id") == device_id:
+        return
+    if hasattr(ms, "set_device"):
+        try:
+            ms.set_device(target, device_id)
+            return
+        except RuntimeError:  # "The 'mindspore.set_device' can not be modified": set without an id before
+            pass
+    ms.set_context(device_id=device_id)

@@ -164,7 +164,7 @@ def restore(step, out: Path, resume, run: Dict, cfg: Dict, main: bool, rank: int
 def train(cfg: Dict, resume=False) -> Dict:
     # build: context and ranks, the two pipelines (each built once), the net, its train step
     setup_context(cfg)  # the same seed on every rank: identical initial weights
-    world = init_distributed()
+    world = init_distributed(device_target=cfg["device_target"])
     out = Path(cfg["output_dir"])
     if out.exists() and not out.is_dir():
         raise ValueError(f"output_dir {out} is a file, not a directory")
