@@ -144,14 +144,31 @@ def topk_indices(logits: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-logits, axis=1)[:, :k]
 
 
+def pad_rows(batch: np.ndarray, rows: int) -> np.ndarray:
+    """`batch` with its last row repeated up to `rows` rows (a ragged last batch takes the shape of
+    the others, so a graph-mode net runs one compiled graph; the caller drops the padding's outputs)."""
+    missing = rows - len(batch)
+    if missing <= 0:
+        return batch
+    return np.concatenate([batch, np.repeat(batch[-1:], missing, axis=0)])
+
+
 def evaluate(net: nn.Cell, dataset, world: World = World()) -> Dict:
     """Top-1 / top-5 of `net` (image -> logits) over every sample of `dataset`. In data-parallel
-    runs each rank passes its own slice of the eval set and the counts are summed over ranks."""
+    runs each rank passes its own slice of the eval set and the counts are summed over ranks.
+
+    Every batch reaches the net with the first batch's shape (the batch size, or the whole slice when
+    it is smaller): the ragged last batch is padded with repeats of its last image and the padding's
+    logits are dropped, so graph mode compiles one graph per net, not a second for the last batch."""
     net.set_train(False)
     counts = np.zeros(3)  # correct top-1, correct top-5, samples
+    rows = None
     for image, label in dataset.create_tuple_iterator(num_epochs=1):
-        logits = net(image).asnumpy()
         y = label.asnumpy()
+        rows = rows or len(y)
+        if len(y) < rows:
+            image = ms.Tensor(pad_rows(image.asnumpy(), rows))
+        logits = net(image).asnumpy()[:len(y)]
         top5 = topk_indices(logits, 5)
         counts += [(top5[:, 0] == y).sum(), (top5 == y[:, None]).any(axis=1).sum(), len(y)]
     correct1, correct5, n = all_reduce_sum(counts, world)

@@ -34,7 +34,7 @@ import mindspore.nn as nn  # noqa: E402
 
 from .data import image_ops, load_manifest, split_files
 from .deploy import PREPROCESS_KEYS, build_backbone_from_spec, model_spec, model_spec_path
-from .engine import topk_indices
+from .engine import pad_rows, topk_indices
 from .files import atomic_path
 
 # the same list as export/readers.py's IMG_EXTENSIONS (the halves do not import each other; a test
@@ -236,6 +236,9 @@ def run_predict(net: nn.Cell, spec: Dict, paths: Sequence = (), data_dir=None, t
     # pipe it would only fill stderr with bar redraws
     emit = (lambda line: tqdm.write(line, file=stdout)) if stdout.isatty() else (lambda line: print(line, file=stdout))
     preprocess = Preprocess(spec)
+    # every batch reaches the net with one shape (graph mode compiles one graph): a short batch (the
+    # last, or one with skipped images) is padded with repeats and the padding's rows are dropped
+    rows = min(batch_size, total)
     skipped, rows_done, correct1, correctk = [], 0, 0, 0
     t0 = time.time()
     if out:
@@ -246,7 +249,7 @@ def run_predict(net: nn.Cell, spec: Dict, paths: Sequence = (), data_dir=None, t
 
         def flush(keys, arrays):
             nonlocal rows_done, correct1, correctk
-            logits = net(ms.Tensor(np.stack(arrays))).asnumpy()
+            logits = net(ms.Tensor(pad_rows(np.stack(arrays), rows))).asnumpy()[:len(keys)]
             probs, top = softmax(logits), topk_indices(logits, k)
             for key, p, t in zip(keys, probs, top):
                 row = {**key, "topk": [{"class": int(c), "name": names[c], "prob": float(p[c])} for c in t]}
