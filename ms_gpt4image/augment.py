@@ -301,6 +301,8 @@ class TrainTransform:
     costs a copy and, with threads, the GIL): a decoded HWC uint8 RGB array (or encoded bytes, decoded
     by PIL) -> random resized crop -> horizontal flip with probability `hflip` -> `augment` (RandAugment,
     colour jitter or None) -> (x / 255 - mean) / std as CHW float32 -> `erasing` (RandomErasing or None).
+    With `normalize=False` it stops before the normalisation and returns the CHW uint8 crop (the device
+    normalises it: device_input.py; random erasing needs the normalised image, so not with `erasing`).
 
     `rank`: every rank seeds its pipeline alike (the same seed gives every rank the same shuffle, which
     MindRecord sharding and repeated augmentation need), so without more the ranks would draw the same
@@ -310,8 +312,11 @@ class TrainTransform:
 
     def __init__(self, crop: RandomResizedCrop, hflip: float = 0.5, augment: Optional[Callable] = None,
                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), erasing: Optional["RandomErasing"] = None,
-                 rank: int = 0):
+                 rank: int = 0, normalize: bool = True):
+        if erasing is not None and not normalize:
+            raise ValueError("random erasing works on the normalised float image: it needs normalize=True")
         self.crop, self.hflip, self.augment, self.erasing, self.rank = crop, hflip, augment, erasing, rank
+        self.normalize = normalize
         self.shift = (255 * np.asarray(mean, np.float32)).reshape(-1, 1, 1)
         self.scale = (1 / (255 * np.asarray(std, np.float32))).reshape(-1, 1, 1)
         self.salted_in = None  # the pid of the process whose generators carry this rank's salt
@@ -331,6 +336,8 @@ class TrainTransform:
     def __call__(self, encoded) -> np.ndarray:
         self._salt_once()
         image = self.augment_pil(decode(encoded))
+        if not self.normalize:
+            return np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1))
         chw = np.asarray(image).transpose(2, 0, 1).astype(np.float32, order="C")
         chw -= self.shift
         chw *= self.scale

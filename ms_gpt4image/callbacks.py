@@ -56,13 +56,14 @@ class EndOfEpoch(Callback):
     """After each epoch, in order:
     1. the epoch's mean losses, over all ranks; a non-finite loss stops the run, naming the step;
     2. evaluation when due (each rank its slice of the eval set): the raw weights (`top1`, `top5`) and,
-       with `ema`, the EMA weights (`top1_ema`, `top5_ema`);
+       with `ema`, the EMA weights (`top1_ema`, `top5_ema`), each copied into the one evaluation net
+       (`eval_net`, built at the recipe's precision): both at one precision, through one compiled graph;
     3. rank 0: one line of log.jsonl and stdout, then last.ckpt, best.ckpt (by the `report_top1`
        top-1, `reported_top1`) and epoch_N.ckpt;
     4. a stop request at `stop_at_epoch` (the run resumes from last.ckpt)."""
 
-    def __init__(self, cfg: Dict, step, net, lr, eval_ds, ema_net, world: World, out: Path, best: float, run: Dict):
-        self.cfg, self.step, self.net, self.lr, self.eval_ds, self.ema_net = cfg, step, net, lr, eval_ds, ema_net
+    def __init__(self, cfg: Dict, step, net, lr, eval_ds, eval_net, world: World, out: Path, best: float, run: Dict):
+        self.cfg, self.step, self.net, self.lr, self.eval_ds, self.eval_net = cfg, step, net, lr, eval_ds, eval_net
         self.world, self.out, self.best, self.run = world, out, best, run
         self.records, self.last_eval, self.t_epoch = [], None, 0.0
         # the epoch last.ckpt holds (named when a later save fails)
@@ -98,18 +99,31 @@ class EndOfEpoch(Callback):
             where = f"first at step {bad} of {steps}" if bad else "on another rank"
             raise FloatingPointError(f"epoch {epoch}: non-finite loss ({where}); lower lr, check the data "
                                      f"(python -m export verify) or use loss_scale_type: dynamic")
-        return {"loss": total[0] / total[3], "ce": total[1] / total[3], "align": total[2] / total[3]}
+        # the gradients are all-reduced before the overflow check: every rank skips the same updates
+        skipped = log["skipped_steps"]
+        if skipped and skipped == n:  # nothing learned this epoch: diverged, or a scale that cannot work
+            raise FloatingPointError(
+                f"epoch {epoch}: all {n} updates skipped (non-finite gradients at loss scale {log['loss_scale']:g}, "
+                f"loss_scale_type {self.cfg['loss_scale_type']}); the weights are still epoch {epoch - 1}'s: lower lr, "
+                f"check the data (python -m export verify), or with amp_level {self.cfg['amp_level']} use "
+                f"loss_scale_type: dynamic")
+        if skipped and self.world.is_main:
+            print(f"epoch {epoch}: {skipped} of {n} updates skipped (non-finite gradients; loss scale now "
+                  f"{log['loss_scale']:g}, loss_scale_type {self.cfg['loss_scale_type']})")
+        return {"loss": total[0] / total[3], "ce": total[1] / total[3], "align": total[2] / total[3],
+                "skipped_steps": skipped, "loss_scale": log["loss_scale"]}
 
     def _eval_due(self, epoch: int) -> bool:
         every = self.cfg["eval_every"]
         return epoch == self.cfg["epoch_size"] or bool(every and epoch % every == 0)
 
     def _evaluate(self) -> Dict:
-        raw = evaluate(self.net.backbone, self.eval_ds, self.world)
+        copy_weights(self.net.backbone.get_parameters(), "backbone.", self.eval_net)
+        raw = evaluate(self.eval_net, self.eval_ds, self.world)
         scores = {"top1": raw["top1"], "top5": raw["top5"]}
-        if self.ema_net is not None:
-            copy_ema_weights(self.step, self.ema_net)
-            ema = evaluate(self.ema_net, self.eval_ds, self.world)
+        if self.step.use_ema:
+            copy_weights(self.step.ema_weights, "ema.backbone.", self.eval_net)
+            ema = evaluate(self.eval_net, self.eval_ds, self.world)
             scores.update(top1_ema=ema["top1"], top5_ema=ema["top5"])
         self.last_eval = dict(scores, **reported_scores(self.cfg, scores))
         self.step.set_train(True)  # Model keeps its own note of the mode and would not restore it
@@ -145,11 +159,12 @@ def reported_scores(cfg: Dict, scores: Dict) -> Dict:
             "reported_top1": scores["top1_ema" if ema else "top1"], "reported_top5": scores["top5_ema" if ema else "top5"]}
 
 
-def copy_ema_weights(step, backbone) -> None:
-    """EMA copies (`ema.backbone.*` in the train step) -> a standalone backbone for evaluation."""
-    ema = {p.name[len("ema.backbone."):]: p for p in step.ema_weights if p.name.startswith("ema.backbone.")}
+def copy_weights(params, prefix: str, backbone) -> None:
+    """The train step's weights named `prefix` + name (`backbone.` raw, `ema.backbone.` EMA) -> the
+    evaluation backbone's parameters of the same names (a copy: training moves them on)."""
+    source = {p.name[len(prefix):]: p for p in params if p.name.startswith(prefix)}
     for p in backbone.get_parameters():
-        p.set_data(ms.Tensor(ema[p.name].asnumpy()))  # a copy: the EMA keeps moving
+        p.set_data(ms.Tensor(source[p.name].asnumpy()))
 
 
 def steady_images_per_s(records) -> Optional[float]:

@@ -57,6 +57,21 @@ def set_device(target: str) -> None:
         ms.set_context(device_target=target)
 
 
+def set_jit_level(cell, level: Optional[str]) -> None:
+    """Compiles `cell` at graph level `level` (O0, O1, O2) through `Cell.set_jit_config(JitConfig(...))`,
+    the per-network API of every supported version (`set_context(jit_config=...)` is deprecated in 2.7);
+    None leaves MindSpore's default for the device. Set once, before the first call."""
+    if level is None:
+        return
+    import mindspore as ms
+    cell.set_jit_config(ms.JitConfig(jit_level=level))
+
+
+def jit_level_of(cell) -> str:
+    """The level `cell` compiles at: its own JitConfig's, or 'default' (MindSpore chooses per device)."""
+    return (getattr(cell, "jit_config_dict", None) or {}).get("jit_level") or "default"
+
+
 def resume_pipeline_at(dataset, step: int) -> bool:
     """Starts `dataset` at global step `step` (a resumed run sees the same epochs' order). False where
     MindSpore lacks Dataset.set_init_step (added after 2.0.0): the pipeline then starts from epoch 1's

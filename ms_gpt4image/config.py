@@ -143,6 +143,10 @@ SCHEMA: Dict[str, Any] = {
     # augmentations, mixup) run in processes instead of threads (docs/cluster.md, "Sizing the data workers")
     "num_parallel_workers": Int(2, low=1),
     "python_multiprocessing": Bool(False),
+    # train images to the device as uint8, normalised there (4x fewer bytes through the workers' shared
+    # memory and to the device): auto = where the recipe allows (no random erasing, no mixup/cutmix, which
+    # the references apply after normalisation) | true | false (ms_gpt4image/device_input.py)
+    "device_normalize": Key("auto", "auto, true or false", lambda v: v == "auto" or isinstance(v, bool)),
     # model
     "model": Str("resnet18_cifar"),
     "model_kwargs": Mapping({}),
@@ -189,10 +193,15 @@ SCHEMA: Dict[str, Any] = {
     # --weights auto`; log.jsonl has both, top1 and top1_ema): raw (DeiT), ema (ConvNeXt) or max (the authors')
     "report_top1": Choice("ema", ("raw", "ema", "max")),
     "ema_warmup": Int(0, low=0),  # 0: constant decay (timm ModelEma); N: mindcv's decay * (1 - exp(-step / N))
-    # mixed precision: O0 (float32, CPU) | O1 | O2 | O3 (Ascend/GPU); loss scaling none | fixed | dynamic
+    # mixed precision: O0 (float32, CPU) | O2 | O3 (Ascend/GPU; O1 is refused: precision.py); loss scaling
+    # none | fixed | dynamic (each skips an update whose gradients are not finite)
     "amp_level": Choice("O0", ("O0", "O1", "O2", "O3")),
     "loss_scale_type": Choice("none", ("none", "fixed", "dynamic")),
     "loss_scale": Float(1024.0, low=0, low_open=True),
+    # graph compilation level (mindspore.JitConfig): O0 kernel by kernel, O1 + operator fusion, O2 the whole
+    # graph through CANN's GraphEngine (Ascend, graph mode only); null = MindSpore's default for the device
+    # (O0 on Ascend A2 / GPU / CPU from MindSpore 2.3; docs/cluster.md, "What differs on Ascend")
+    "jit_level": Choice(None, ("O0", "O1", "O2"), null=True),
     "eval_every": Int(1, low=0),  # epochs between evaluations (0 = only at the end)
     "save_every": Int(0, low=0),  # also keep epoch_N.ckpt every N epochs (0 = only last.ckpt and best.ckpt)
     "log_every": Int(20, low=1),  # steps between progress-bar refreshes of the running losses (unsunk runs)
@@ -350,10 +359,32 @@ def validate(cfg: Dict) -> Dict:
     need(cfg["batch_size"] >= 2 or a["lambda"] == 0 or a["loss"] == "cosine",
          f"batch_size = {cfg['batch_size']}: contrastive alignment (align.loss {a['loss']}) needs batch_size >= 2 "
          f"(the other images of the batch are the negatives)")
+    need(cfg["amp_level"] != "O1",
+         "amp_level = O1 would train in float32: MindSpore's O1 rewrites the network's Python source and does not "
+         "enter cells called through methods (forward_features, forward_head), so on these models it converts "
+         "nothing (precision.py); use O2 (the recipes' level, BatchNorm/LayerNorm kept in float32) or O3")
+    need(cfg["jit_level"] != "O2" or (cfg["device_target"] == "Ascend" and cfg["mode"] == "graph"),
+         f"jit_level = O2 (CANN's GraphEngine) needs device_target: Ascend and mode: graph, not "
+         f"{cfg['device_target']} in {cfg['mode']} mode (use O0 or O1, or null for MindSpore's default)")
     if cfg["layer_decay"] is not None:  # mindcv would silently skip the layer decay
         need(cfg["weight_decay_filter"] != "auto",
              "layer_decay needs weight_decay_filter disable or norm_and_bias, not auto")
+    blockers = device_normalize_blockers(cfg)
+    need(cfg["device_normalize"] is not True or not blockers,
+         f"device_normalize = true, but {' and '.join(blockers)} run after normalisation on float32 images (as in "
+         f"the references): set device_normalize: auto (float32 for this recipe) or false")
     return cfg
+
+
+def device_normalize_blockers(cfg: Dict) -> List[str]:
+    """What keeps a recipe's training images float32 on the host (device_input.py): random erasing and
+    mixup/cutmix, which the references apply to normalised float images."""
+    out = []
+    if cfg["transforms"] == "imagenet" and cfg["re_prob"] > 0:
+        out.append(f"random erasing (re_prob = {cfg['re_prob']:g})")
+    if cfg["mixup"] > 0 or cfg["cutmix"] > 0:
+        out.append(f"mixup/cutmix (mixup = {cfg['mixup']:g}, cutmix = {cfg['cutmix']:g})")
+    return out
 
 
 def save_config(cfg: Dict, path) -> None:

@@ -13,6 +13,7 @@ from PIL import Image
 from mindcv.data.mixup import Mixup
 
 from . import augment, repeated_aug
+from .device_input import normalize_on_device
 
 
 def load_manifest(data_dir) -> Dict:
@@ -58,11 +59,12 @@ class _NumpyPolicy:
         return out if isinstance(out, Image.Image) else Image.fromarray(np.asarray(out, dtype=np.uint8))
 
 
-def _imagenet_ops(cfg: Dict, train: bool, rank: int = 0):
+def _imagenet_ops(cfg: Dict, train: bool, rank: int = 0, uint8: bool = False):
     """timm 0.3.2's ImageNet transforms (augment.py; tests/test_fidelity_augment.py), after MindSpore's
     Decode. Train, one Python op: RandomResizedCrop (PIL, antialiased) -> flip -> RandAugment (timm's
-    ops) or colour jitter -> normalise -> random erasing (re_mode). Eval: resize the shorter side to
-    size / crop_pct and centre crop (PIL), MindSpore's Normalize."""
+    ops) or colour jitter -> normalise -> random erasing (re_mode); `uint8`: stops before normalising
+    (no erasing then). Eval: resize the shorter side to size / crop_pct and centre crop (PIL),
+    MindSpore's Normalize."""
     size = cfg["image_size"]
     if not train:
         return [vision.Decode(),
@@ -84,16 +86,19 @@ def _imagenet_ops(cfg: Dict, train: bool, rank: int = 0):
     erasing = augment.RandomErasing(cfg["re_prob"], mode=cfg["re_mode"]) if cfg["re_prob"] > 0 else None
     return [vision.Decode(), augment.TrainTransform(augment.RandomResizedCrop(size, scale=tuple(cfg["rrc_scale"]), interpolation=filters),
                                    hflip=0.5 if cfg["hflip"] else 0.0, augment=extra, mean=cfg["mean"],
-                                   std=cfg["std"], erasing=erasing, rank=rank)]
+                                   std=cfg["std"], erasing=erasing, rank=rank, normalize=not uint8)]
 
 
-def image_ops(cfg: Dict, train: bool, rank: int = 0):
+def image_ops(cfg: Dict, train: bool, rank: int = 0, uint8: Optional[bool] = None):
     """The per-image ops from encoded bytes to a normalised CHW float32 array. The eval ops start with
     `vision.Decode` (predict relies on it) and read only the preprocessing keys (PREPROCESS_KEYS in
     deploy.py), so evaluate, export and predict share them. `rank`: the training ops of each rank draw
-    their own augmentations (augment.TrainTransform)."""
+    their own augmentations (augment.TrainTransform). `uint8` (default: the training split where
+    `device_normalize` resolves on, device_input.py): the same ops up to the normalisation, giving the
+    CHW uint8 image that device_input.DeviceNormalize normalises on the device."""
+    uint8 = (train and normalize_on_device(cfg)) if uint8 is None else uint8
     if cfg["transforms"] == "imagenet":
-        return _imagenet_ops(cfg, train, rank)
+        return _imagenet_ops(cfg, train, rank, uint8)
     size = cfg["image_size"]
     # RGB (a grey PNG becomes three equal channels); resized first, so that the padded crop works on
     # images of any size (a 2000x8 strip, a 20 px image at image_size 32)
@@ -103,10 +108,9 @@ def image_ops(cfg: Dict, train: bool, rank: int = 0):
             ops.append(vision.RandomCrop(size, padding=cfg["crop_padding"]))
         if cfg["hflip"]:
             ops.append(vision.RandomHorizontalFlip())
-    ops += [vision.Rescale(1.0 / 255.0, 0.0),
-            vision.Normalize(mean=cfg["mean"], std=cfg["std"]),
-            vision.HWC2CHW()]
-    return ops
+    if not uint8:  # (the crop pads the uint8 image with 0: normalising before or after it is the same)
+        ops += [vision.Rescale(1.0 / 255.0, 0.0), vision.Normalize(mean=cfg["mean"], std=cfg["std"])]
+    return ops + [vision.HWC2CHW()]
 
 
 def _mixup(cfg: Dict, manifest: Dict) -> Optional[Mixup]:
@@ -131,7 +135,10 @@ def create_dataset(cfg: Dict, split: str, num_shards: Optional[int] = None,
     The training pipeline is built once per run: it reshuffles every epoch, in an order fixed by
     `seed` (a resumed run reaches the same epoch's order through `set_init_step`), each rank reading
     its MindRecord shard. The eval split is cut into contiguous slices, one per rank, that together
-    hold every sample exactly once (MindRecord sharding would pad the last shard with repeats)."""
+    hold every sample exactly once (MindRecord sharding would pad the last shard with repeats).
+
+    Train images are CHW uint8 where `device_normalize` resolves on (device_input.py: the train step
+    normalises them on the device), CHW float32 otherwise; eval images are always float32."""
     manifest = load_manifest(cfg["data_dir"])
     train = split == "train"
     files = split_files(cfg["data_dir"], manifest, split)

@@ -15,6 +15,7 @@ from .data import create_dataset, load_manifest, pipeline_errors
 from .engine import evaluate, setup_context
 from .files import write_json_atomic
 from .models import create_backbone
+from .precision import mixed_precision
 from .train import num_classes_of
 
 
@@ -27,7 +28,7 @@ def model_spec(cfg: Dict, manifest: Dict) -> Dict:
     """Everything inference needs besides the weights (written as OUT.model.json by export)."""
     return {"spec_version": MODEL_SPEC_VERSION, "model": cfg["model"], "model_kwargs": cfg["model_kwargs"],
             "num_classes": num_classes_of(cfg, manifest), "class_names": manifest["class_names"],
-            "dataset": manifest["dataset"], **{k: cfg[k] for k in PREPROCESS_KEYS}}
+            "dataset": manifest["dataset"], "amp_level": cfg["amp_level"], **{k: cfg[k] for k in PREPROCESS_KEYS}}
 
 
 def model_spec_path(model_path) -> Path:
@@ -37,9 +38,12 @@ def model_spec_path(model_path) -> Path:
 
 
 def build_backbone_from_spec(spec: Dict, ckpt, weights: str = "auto") -> nn.Cell:
+    """The deployable net with `ckpt`'s weights, at the spec's precision (`amp_level`, the training
+    recipe's: evaluate, export and predict score as training did; a spec without it is float32)."""
     net = create_backbone(spec["model"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
                           image_size=spec["image_size"], **spec["model_kwargs"])
     load_backbone(net, ckpt, strict=True, weights=weights)
+    net = mixed_precision(net, spec.get("amp_level", "O0"))
     net.set_train(False)
     return net
 

@@ -1,5 +1,5 @@
 """Train step and evaluation loop (the DeiT repo's engine.py, in MindSpore graph mode)."""
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import mindspore as ms
@@ -20,14 +20,19 @@ def setup_context(cfg: Dict) -> None:
 
 class NetWithLoss(nn.Cell):
     """image, label, text_emb -> (total, ce, align). auto_prefix=False keeps parameter names
-    (`backbone.*`, `projector.*`) independent of this wrapper."""
+    (`backbone.*`, `projector.*`) independent of this wrapper. `normalize` (device_input.DeviceNormalize,
+    for pipelines that send uint8 images: config `device_normalize`) runs on the image first, in float32
+    outside the net's mixed precision; it holds no parameters, so checkpoints do not change."""
 
-    def __init__(self, net: nn.Cell, loss: nn.Cell):
+    def __init__(self, net: nn.Cell, loss: nn.Cell, normalize: Optional[nn.Cell] = None):
         super().__init__(auto_prefix=False)
         self.net = net
         self.loss = loss
+        self.normalize = normalize
 
     def construct(self, image, label, text_emb):
+        if self.normalize is not None:
+            image = self.normalize(image)
         logits, proj = self.net(image)
         # under mixed precision the net may return float16: the losses are computed in float32
         return self.loss(logits.astype(ms.float32), proj.astype(ms.float32), label, text_emb)
@@ -50,23 +55,39 @@ def _ema(decay, ema_weight, weight):
 class TrainStep(nn.TrainOneStepWithLossScaleCell):
     """One optimisation step on the total loss; CE and alignment come back for logging only.
 
-    Built on MindSpore's loss-scale cell: `scale_sense` is a Tensor (fixed scale, 1.0 = none) or a
-    `nn.DynamicLossScaleUpdateCell` (steps whose gradients overflow are skipped and the scale
-    shrinks). In data-parallel mode the parent creates the gradient all-reduce (mean). With
-    `ema_decay` > 0 an exponential moving average of every net parameter (BatchNorm statistics
-    included) is kept under the `ema.` prefix: constant decay as timm's ModelEma (the DeiT and
-    ConvNeXt recipes), or with `ema_warmup` steps mindcv's warm-up decay * (1 - exp(-t / warmup)).
+    Built on MindSpore's loss-scale cell, always with an update cell (`loss_scale_sense`): a
+    `nn.FixedLossScaleUpdateCell` (none = scale 1, fixed) or a `nn.DynamicLossScaleUpdateCell`. A step
+    whose gradients are not finite is skipped under all three, as torch's GradScaler skips it: the
+    weights, the optimizer state and the EMA stay as they were, the dynamic scale halves (the fixed one
+    stays), the skip is counted in the device-side log, and the optimizer's step counter still advances,
+    so that the lr schedule keeps indexing by iteration, as the references' loops do (MindSpore's
+    optimizers advance it only when they run). In data-parallel mode the parent creates the gradient
+    all-reduce (mean). With `ema_decay` > 0 an exponential moving average of every net parameter
+    (BatchNorm statistics included) is kept under the `ema.` prefix: constant decay as timm's ModelEma
+    (the DeiT and ConvNeXt recipes), or with `ema_warmup` steps mindcv's warm-up decay
+    * (1 - exp(-t / warmup)); it is updated once per applied update.
     """
 
     def __init__(self, net_with_loss: NetWithLoss, optimizer: nn.Optimizer, scale_sense=None,
                  ema_decay: float = 0.0, clip_grad_norm: float = 0.0, ema_warmup: int = 0):
         if scale_sense is None:
-            scale_sense = ms.Tensor(1.0, ms.float32)
+            scale_sense = nn.FixedLossScaleUpdateCell(1.0)
+        elif isinstance(scale_sense, ms.Tensor):  # a bare scale would apply overflowing updates
+            scale_sense = nn.FixedLossScaleUpdateCell(float(scale_sense.asnumpy()))
         super().__init__(net_with_loss, optimizer, scale_sense)
-        # the parent's overflow check reads NPU float-status registers; on CPU test the gradients
-        # directly (they are already all-reduced, so every rank reaches the same verdict)
+        # how an overflow is seen (the parent's start_overflow_check / get_overflow_status): the NPU's
+        # float-status registers, cleared after the forward, on 910A and on 910B in saturation mode; the
+        # gradients themselves on GPU and 910B (INF/NaN mode); on CPU, which the parent does not cover,
+        # all_finite on the gradients. They are all-reduced first: every rank reaches the same verdict.
         self.finite_check = ms.get_context("device_target") == "CPU"
+        self.reads_status = not self.finite_check and bool(
+            getattr(self, "ascend_910a_target", False) or (getattr(self, "ascend_910b_target", False) and
+                                                           getattr(self, "_ascend_check_overflow_mode", "") == "SATURATION_MODE"))
         self.clip_grad_norm = clip_grad_norm
+        # MindSpore's optimizers step their counter (the lr list's index) only with a dynamic lr or
+        # weight decay; a skipped update advances it under the same condition
+        self.advance_on_skip = bool(getattr(optimizer, "dynamic_lr", False) or
+                                    getattr(optimizer, "dynamic_weight_decay", False))
         self.use_ema = ema_decay > 0
         if self.use_ema:
             self.ema_decay = ema_decay
@@ -74,32 +95,40 @@ class TrainStep(nn.TrainOneStepWithLossScaleCell):
             self.ema_updates = ms.Parameter(ms.Tensor(0.0, ms.float32), name="ema_updates")
             self.model_weights = ms.ParameterTuple(list(net_with_loss.net.get_parameters()))
             self.ema_weights = self.model_weights.clone("ema", init="same")
-        # running sums of (total, CE, alignment), the step count and the first non-finite step since
-        # the last `read_log`, kept on the device so that no step waits for the host
+        # running sums of (total, CE, alignment), the step count, the skipped updates and the first
+        # non-finite step since the last `read_log`, kept on the device so that no step waits for the host
         self.log_sums = ms.Parameter(ms.Tensor(np.zeros(3, np.float32)), name=f"{LOG_PREFIX}sums", requires_grad=False)
         self.log_steps = ms.Parameter(ms.Tensor(0, ms.int32), name=f"{LOG_PREFIX}steps", requires_grad=False)
+        self.log_skipped = ms.Parameter(ms.Tensor(0, ms.int32), name=f"{LOG_PREFIX}skipped", requires_grad=False)
         self.log_first_bad = ms.Parameter(ms.Tensor(-1, ms.int32), name=f"{LOG_PREFIX}first_nonfinite",
                                           requires_grad=False)
 
     def read_log(self, reset: bool = True) -> Dict:
-        """The device-side log since the last reset (one host sync): mean losses, steps, and the
-        1-based step (since the reset) of the first non-finite loss, or 0 if none."""
+        """The device-side log since the last reset (one host sync): mean losses, steps, skipped updates,
+        the loss scale now, and the 1-based step (since the reset) of the first non-finite loss, or 0."""
         sums, steps = self.log_sums.asnumpy().astype(np.float64), int(self.log_steps.asnumpy())
-        first_bad = int(self.log_first_bad.asnumpy())
+        first_bad, skipped = int(self.log_first_bad.asnumpy()), int(self.log_skipped.asnumpy())
         if reset:
             self.log_sums.set_data(ms.Tensor(np.zeros(3, np.float32)))
             self.log_steps.set_data(ms.Tensor(0, ms.int32))
+            self.log_skipped.set_data(ms.Tensor(0, ms.int32))
             self.log_first_bad.set_data(ms.Tensor(-1, ms.int32))
         means = sums / max(steps, 1)
         return {"loss": float(means[0]), "ce": float(means[1]), "align": float(means[2]), "steps": steps,
+                "skipped_steps": skipped, "loss_scale": float(self.scale_sense.asnumpy()),
                 "first_nonfinite_step": first_bad + 1}
 
-    def accumulate_log(self, loss, ce, align):
+    def accumulate_log(self, loss, ce, align, overflow):
+        """One chain of updates (each reads the step count before it is advanced), its end returned so
+        that the caller orders it before the step's output."""
         values = ops.stack([loss, ce, align])
         bad = ops.logical_and(self.log_first_bad < 0, ops.logical_not(ops.isfinite(values).all()))
-        ops.assign(self.log_first_bad, ops.select(bad, self.log_steps, self.log_first_bad))
-        ops.assign_add(self.log_steps, ops.ones_like(self.log_steps))
-        return ops.assign_add(self.log_sums, values)
+        done = ops.assign(self.log_first_bad, ops.select(bad, self.log_steps, self.log_first_bad))
+        done = ops.depend(self.log_skipped, done)
+        done = ops.assign_add(done, ops.cast(overflow, ms.int32))
+        done = ops.depend(self.log_steps, done)
+        done = ops.assign_add(done, ops.ones_like(self.log_steps))
+        return ops.assign_add(ops.depend(self.log_sums, done), values)
 
     def ema_update(self):
         self.ema_updates += 1
@@ -114,10 +143,20 @@ class TrainStep(nn.TrainOneStepWithLossScaleCell):
             loss = ops.depend(loss, self.ema_update())
         return loss
 
+    def _skip(self, loss):
+        if self.advance_on_skip:
+            loss = ops.depend(loss, ops.assign_add(self.optimizer.global_step, self.optimizer.global_step_increase_tensor))
+        return loss
+
     def construct(self, image, label, text_emb):
         loss, ce, align = self.network(image, label, text_emb)
         scaling_sens = self.scale_sense
-        status, scaling_sens = self.start_overflow_check(loss, scaling_sens)
+        status = None
+        if self.reads_status:
+            # clears the float-status registers after the forward and before the backward (scaling_sens
+            # carries the order); `status` is read after the all-reduce. Elsewhere no status exists, so
+            # none is left for the graph to drop ("side effect nodes were eliminated")
+            status, scaling_sens = self.start_overflow_check(loss, scaling_sens)
         # d(total)/d(weights), scaled: sensitivity = loss scale on the total, 0 on the logged parts
         sens = (ops.ones_like(loss) * ops.cast(scaling_sens, ops.dtype(loss)), ops.zeros_like(ce), ops.zeros_like(align))
         grads = self.grad(self.network, self.weights)(image, label, text_emb, sens)
@@ -125,17 +164,16 @@ class TrainStep(nn.TrainOneStepWithLossScaleCell):
         grads = self.hyper_map(ops.partial(_grad_scale, scaling_sens), grads)
         if self.clip_grad_norm > 0:
             grads = ops.clip_by_global_norm(grads, self.clip_grad_norm)
-        if self.loss_scaling_manager is not None:
-            if self.finite_check:
-                cond = ops.logical_not(ms.amp.all_finite(grads))
-            else:
-                cond = self.get_overflow_status(status, grads)
-            overflow = self.process_loss_scale(cond)
-            if not overflow:
-                loss = self._apply(loss, grads)
+        if self.finite_check:
+            cond = ops.logical_not(ms.amp.all_finite(grads))
+        else:
+            cond = self.get_overflow_status(status, grads)
+        overflow = self.process_loss_scale(cond)  # the update cell: the dynamic scale moves here
+        if overflow:
+            loss = self._skip(loss)
         else:
             loss = self._apply(loss, grads)
-        loss = ops.depend(loss, self.accumulate_log(loss, ce, align))
+        loss = ops.depend(loss, self.accumulate_log(loss, ce, align, overflow))
         return loss, ce, align
 
 

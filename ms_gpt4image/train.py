@@ -16,16 +16,19 @@ from mindcv.optim import create_optimizer
 
 from .callbacks import EndOfEpoch, ProgressBar, steady_images_per_s
 from .checkpoint import load_backbone, load_train_state
-from .compat import resume_pipeline_at
+from .compat import jit_level_of, resume_pipeline_at, set_jit_level
 from .config import save_config
 from .files import atomic_path, write_failures, write_json_atomic
 from .data import create_dataset, load_manifest, pipeline_errors
 from .distributed import World, init_distributed
 from .engine import NetWithLoss, TrainStep, setup_context
+from . import device_input
 from .gpt4image import GPT4ImageNet
+from .host_memory import check_shared_memory
 from .losses import GPT4ImageLoss
 from .schedule import lr_schedule
 from .models import create_backbone
+from .precision import mixed_precision
 
 
 def build_backbone(cfg: Dict, num_classes: int):
@@ -62,11 +65,22 @@ def build_training(cfg: Dict, steps_per_epoch: int, manifest: Dict, world: World
                          world.size, world.rank)
     lr = lr_schedule(cfg, steps_per_epoch, scaled_lr(cfg, world))
     opt = build_optimizer(cfg, net, lr)
-    if cfg["amp_level"] != "O0":
-        ms.amp.auto_mixed_precision(net, cfg["amp_level"])
-    step = TrainStep(NetWithLoss(net, loss), opt, loss_scale_sense(cfg), ema_decay=cfg["ema_decay"] if cfg["ema"] else 0.0,
-                     clip_grad_norm=cfg["clip_grad_norm"], ema_warmup=cfg["ema_warmup"])
+    # the network auto_mixed_precision returns is the one trained (it shares net's parameters and names)
+    # uint8 training images are normalised on the device, in float32 (device_input.py)
+    step = TrainStep(NetWithLoss(mixed_precision(net, cfg["amp_level"]), loss, device_input.for_config(cfg)),
+                     opt, loss_scale_sense(cfg),
+                     ema_decay=cfg["ema_decay"] if cfg["ema"] else 0.0, clip_grad_norm=cfg["clip_grad_norm"],
+                     ema_warmup=cfg["ema_warmup"])
+    set_jit_level(step, cfg["jit_level"])
     return net, step, lr
+
+
+def build_eval_net(cfg: Dict, num_classes: int):
+    """The network the raw and the EMA weights are evaluated with in turn (callbacks.copy_weights): a
+    backbone at the recipe's precision and graph level, so both are scored alike, through one graph."""
+    net = mixed_precision(build_backbone(dict(cfg, pretrained_ckpt=None), num_classes), cfg["amp_level"])
+    set_jit_level(net, cfg["jit_level"])
+    return net
 
 
 def build_optimizer(cfg: Dict, net, lr):
@@ -83,12 +97,14 @@ def build_optimizer(cfg: Dict, net, lr):
 
 
 def loss_scale_sense(cfg: Dict):
-    """none -> 1.0; fixed -> Tensor(loss_scale); dynamic -> an update cell that skips overflowing steps."""
+    """The loss-scale update cell: none -> fixed scale 1, fixed -> fixed `loss_scale`, dynamic -> a scale
+    that halves on overflow and doubles after 1000 clean steps. Under each, TrainStep skips an update
+    whose gradients are not finite."""
     kind = cfg["loss_scale_type"]
     if kind == "none":
-        return None
+        return ms.nn.FixedLossScaleUpdateCell(1.0)
     if kind == "fixed":
-        return ms.Tensor(float(cfg["loss_scale"]), ms.float32)
+        return ms.nn.FixedLossScaleUpdateCell(float(cfg["loss_scale"]))
     if kind == "dynamic":
         return ms.nn.DynamicLossScaleUpdateCell(loss_scale_value=float(cfg["loss_scale"]), scale_factor=2,
                                                 scale_window=1000)
@@ -173,6 +189,9 @@ def train(cfg: Dict, resume=False) -> Dict:
             out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, out / "config.yaml")
     manifest = load_manifest(cfg["data_dir"])
+    shm = check_shared_memory(cfg, world_size=world.size)  # one line, before any worker starts, if it cannot fit
+    if world.is_main:
+        print(shm["line"])
     train_ds, n_train = create_dataset(cfg, "train", **world.shard)
     steps = train_ds.get_dataset_size()
     if steps == 0:
@@ -181,7 +200,7 @@ def train(cfg: Dict, resume=False) -> Dict:
     n_eval_all = manifest["splits"]["eval"]["count"]
     run = run_signature(cfg, manifest, steps)
     net, step, lr = build_training(cfg, steps, manifest, world)
-    ema_net = build_backbone(dict(cfg, pretrained_ckpt=None), manifest["num_classes"]) if cfg["ema"] else None
+    eval_net = build_eval_net(cfg, manifest["num_classes"])
     start_epoch, best = restore(step, out, resume, run, cfg, world.is_main, world.rank)
     if start_epoch >= cfg["epoch_size"] and (out / "summary.json").exists():
         return json.loads((out / "summary.json").read_text())  # finished before: nothing to do
@@ -193,10 +212,14 @@ def train(cfg: Dict, resume=False) -> Dict:
                                                  f"{cfg['lr_base_batch']})" if cfg["lr_base_batch"] else "") +
               f", lambda {a['lambda']}, tau {a['tau']}, loss {a['loss']}, projector {a['projector']}, "
               f"eval {n_eval_all} images" + (f" ({n_eval} on this rank)" if world.distributed else "") + ", "
-              f"data {'sunk' if sunk and cfg['device_target'] != 'CPU' else 'fed from Python'}")
+              f"data {'sunk' if sunk and cfg['device_target'] != 'CPU' else 'fed from Python'}, "
+              f"amp {cfg['amp_level']}, loss scale {cfg['loss_scale_type']}"
+              + (f" {cfg['loss_scale']:g}" if cfg["loss_scale_type"] != "none" else "") +
+              f", jit_level {jit_level_of(step)}, train images to the device as "
+              f"{'uint8 (normalised there)' if device_input.normalize_on_device(cfg) else 'float32'}")
 
     # the epoch loop (mindspore.train.Model) and the end-of-epoch actions (callbacks.py)
-    end_of_epoch = EndOfEpoch(cfg, step, net, lr, eval_ds, ema_net, world, out, best, run)
+    end_of_epoch = EndOfEpoch(cfg, step, net, lr, eval_ds, eval_net, world, out, best, run)
     bar = ProgressBar(step, steps, cfg["epoch_size"], cfg["log_every"], enabled=world.is_main)
     t_start = time.time()
     if start_epoch < cfg["epoch_size"]:

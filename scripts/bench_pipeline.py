@@ -2,7 +2,13 @@
 
 For each transform recipe and worker count, `ms_gpt4image.data.create_dataset(cfg, "train")` is built
 on a real packed directory and iterated (`output_numpy=True`): a few warm-up batches, then --batches
-timed; the median of --repeats runs is reported.
+timed; the median of --repeats rounds is reported (each round runs every setting once, in turn).
+
+Every row also gives what one step moves to the device (all the batch's columns, from the first timed
+batch) and the image dtype; `--device-normalize` runs each recipe that allows it twice, side by side:
+float32 images normalised on the host (device_normalize: false) and uint8 images the train step normalises
+on the device (device_normalize: true; ms_gpt4image/device_input.py). The DeiT recipe (random erasing,
+mixup) stays float32. Its shm column is host_memory's estimate of the shared memory per rank.
 
 Recipes:
   demo            configs/demo_fmnist.yaml (transforms: small, 28 px grey images)
@@ -18,6 +24,7 @@ Examples:
   .venv/bin/python scripts/bench_pipeline.py
   .venv/bin/python scripts/bench_pipeline.py --workers 1,2,4 --repeats 3 --json runs/bench_pipeline/result.json
   .venv/bin/python scripts/bench_pipeline.py --recipes deit --workers 2 --batches 10 --train-step
+  .venv/bin/python scripts/bench_pipeline.py --recipes imagenet-basic,demo --workers 2 --device-normalize
 """
 import argparse
 import gzip
@@ -125,7 +132,8 @@ def make_demo_data(work: Path, n_train: int, seed: int) -> Path:
 
 
 def measure(cfg, warmup: int, batches: int):
-    """(images/s, images per CPU-second of this process's threads; worker processes are not counted)."""
+    """(images/s, images per CPU-second of this process's threads; worker processes are not counted,
+    bytes of one batch (all columns: what a step sends to the device), its image dtype)."""
     from ms_gpt4image.data import create_dataset
     data, _ = create_dataset(cfg, "train")
     per_epoch = data.get_dataset_size()
@@ -136,10 +144,11 @@ def measure(cfg, warmup: int, batches: int):
     for _ in range(warmup):
         next(it)
     t0, c0 = time.perf_counter(), time.process_time()
-    n = sum(next(it)[0].shape[0] for _ in range(batches))
+    first = next(it)
+    n = first[0].shape[0] + sum(next(it)[0].shape[0] for _ in range(batches - 1))
     ips, cpu_ips = n / (time.perf_counter() - t0), n / max(time.process_time() - c0, 1e-9)
     del it, data
-    return ips, cpu_ips
+    return ips, cpu_ips, sum(column.nbytes for column in first), str(first[0].dtype)
 
 
 def train_step_ips(batch: int, steps: int):
@@ -167,6 +176,8 @@ def main(argv=None):
     ap.add_argument("--work", default="runs/bench_pipeline", help="generated data is cached here")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--train-step", action="store_true", help="also time the demo net's train step (bench_train_step.py)")
+    ap.add_argument("--device-normalize", action="store_true",
+                    help="run each recipe that allows it with float32 (host-normalised) and uint8 images side by side")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     recipes = a.recipes.split(",")
@@ -190,41 +201,61 @@ def main(argv=None):
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("GLOG_v", "3")
     import mindspore.dataset as ds
-    from ms_gpt4image.config import load_config
+    from ms_gpt4image.config import device_normalize_blockers, load_config
+    from ms_gpt4image.host_memory import estimate
     from tqdm import tqdm
     ds.config.set_seed(a.seed)
     settings = []
     for r in recipes:
         for w in workers:
             for pm in ((True, False) if r == "deit" else (None,)):  # RandAugment and mixup are Python
-                settings.append((r, w, pm))
-    rows = []
-    for r, w, pm in tqdm(settings, desc="settings"):
+                uint8_allowed = not device_normalize_blockers(load_config(str(ROOT / RECIPES[r][0]), RECIPES[r][1]))
+                for dn in ((False, True) if a.device_normalize and uint8_allowed else (None,)):
+                    settings.append((r, w, pm, dn))
+    rows, cfgs, runs = [], [], []
+    for r, w, pm, dn in settings:
         config, overrides = RECIPES[r]
         batch = a.batch or (64 if r != "demo" else None)
         overrides = overrides + [f"data_dir={data_dirs[r]}", f"num_parallel_workers={w}"] + \
-            ([f"batch_size={batch}"] if batch else []) + ([f"python_multiprocessing={pm}"] if pm is not None else [])
+            ([f"batch_size={batch}"] if batch else []) + ([f"python_multiprocessing={pm}"] if pm is not None else []) + \
+            ([f"device_normalize={str(dn).lower()}"] if dn is not None else [])
         cfg = load_config(str(ROOT / config), overrides)
-        row = {"recipe": r, "workers": w, "python_multiprocessing": pm, "batch": cfg["batch_size"]}
-        try:
-            runs = [measure(cfg, a.warmup, a.batches) for _ in range(a.repeats)]
-        except RuntimeError as e:  # a pipeline error: record it and go on with the other settings
-            lines = [ln.strip() for ln in str(e).splitlines() if re.match(r"\s*\w*(Error|Exception): ", ln)]
-            row.update(images_per_s=None, images_per_s_per_worker=None, images_per_cpu_s=None, runs=[], error=(lines or ["?"])[-1][:200])
-            print(f"\nerror in {r}, workers {w}, python_multiprocessing {pm}: {row['error']}", file=sys.stderr)
-        else:
-            ips = statistics.median(x for x, _ in runs)
-            row.update(images_per_s=round(ips, 1), images_per_s_per_worker=round(ips / w, 1),
-                       images_per_cpu_s=round(statistics.median(c for _, c in runs), 1),
-                       runs=[round(x, 1) for x, _ in runs])
-        rows.append(row)
+        cfgs.append(cfg)
+        runs.append([])
+        rows.append({"recipe": r, "workers": w, "python_multiprocessing": pm, "device_normalize": cfg["device_normalize"],
+                     "batch": cfg["batch_size"], "shm_per_rank_mb": round(estimate(cfg)["per_rank_bytes"] / 1e6, 2)})
+    # rounds: every setting once per round, so that a slower or busier stretch of the machine falls on all alike
+    for _ in tqdm(range(a.repeats), desc="rounds"):
+        for cfg, row, got in zip(cfgs, rows, runs):
+            if "error" in row:
+                continue
+            try:
+                got.append(measure(cfg, a.warmup, a.batches))
+            except RuntimeError as e:  # a pipeline error: record it and go on with the other settings
+                lines = [ln.strip() for ln in str(e).splitlines() if re.match(r"\s*\w*(Error|Exception): ", ln)]
+                row["error"] = (lines or ["?"])[-1][:200]
+                print(f"\nerror in {row['recipe']}, workers {row['workers']}, python_multiprocessing "
+                      f"{row['python_multiprocessing']}: {row['error']}", file=sys.stderr)
+    for cfg, row, got in zip(cfgs, rows, runs):
+        if "error" in row:
+            row.update(images_per_s=None, images_per_s_per_worker=None, images_per_cpu_s=None, runs=[],
+                       image_dtype=None, bytes_per_step=None, mb_per_s_to_device=None)
+            continue
+        ips, step_bytes = statistics.median(x[0] for x in got), got[0][2]
+        row.update(images_per_s=round(ips, 1), images_per_s_per_worker=round(ips / row["workers"], 1),
+                   images_per_cpu_s=round(statistics.median(x[1] for x in got), 1),
+                   runs=[round(x[0], 1) for x in got], image_dtype=got[0][3], bytes_per_step=step_bytes,
+                   mb_per_s_to_device=round(ips / cfg["batch_size"] * step_bytes / 1e6, 1))
 
-    print("\n| recipe | workers | python_multiprocessing | batch | median images/s | images/s per worker | images per CPU-s | runs |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| recipe | workers | python_multiprocessing | device_normalize | image dtype | batch | median images/s "
+          "| images/s per worker | images per CPU-s | MB/step to device | MB/s to device | shm/rank (MB, est.) | runs |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for x in rows:
         pm = "-" if x["python_multiprocessing"] is None else x["python_multiprocessing"]
-        print(f"| {x['recipe']} | {x['workers']} | {pm} | {x['batch']} | {x['images_per_s']} "
-              f"| {x['images_per_s_per_worker']} | {x['images_per_cpu_s']} | {', '.join(map(str, x['runs'])) or 'error: ' + x['error']} |")
+        mb = "-" if x["bytes_per_step"] is None else round(x["bytes_per_step"] / 1e6, 3)
+        print(f"| {x['recipe']} | {x['workers']} | {pm} | {x['device_normalize']} | {x['image_dtype']} | {x['batch']} "
+              f"| {x['images_per_s']} | {x['images_per_s_per_worker']} | {x['images_per_cpu_s']} | {mb} "
+              f"| {x['mb_per_s_to_device']} | {x['shm_per_rank_mb']} | {', '.join(map(str, x['runs'])) or 'error: ' + x['error']} |")
     cores = {}
     for r in ("imagenet-basic", "deit"):
         # thread workers only: the CPU time of worker processes is not counted

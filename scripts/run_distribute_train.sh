@@ -17,6 +17,7 @@ NODES=${NODES:-1}
 PY=${PY:-.venv/bin/python}
 MSRUN=${MSRUN:-$(dirname "$PY")/msrun}
 export PATH="$(cd "$(dirname "$PY")" && pwd):$PATH"   # msrun starts workers with the `python` on PATH
+export LOCAL_WORLD_SIZE="$LOCAL"   # ranks per node, for train's shared-memory check (msrun exports none)
 exec "$MSRUN" --worker_num=$((LOCAL * NODES)) --local_worker_num="$LOCAL" \
   --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${MASTER_PORT:-8118}" \
   --node_rank="${NODE_RANK:-0}" --log_dir="${LOG_DIR:-runs/msrun_logs}" --join=True \

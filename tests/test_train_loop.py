@@ -28,7 +28,9 @@ def test_sink_mode_on_cpu_runs_the_same_steps(packed, tmp_path):
 
 
 def test_a_non_finite_loss_stops_the_run_naming_the_epoch_and_step(packed, tmp_path):
-    p = run_cli("-m", "ms_gpt4image", "train", "-c", _cfg(tmp_path, packed, "nan", "lr: 1.0e+30\n"), check=False)
+    # lr 1e38: the first update's weights overflow to inf (its gradients are finite, so it is applied), and
+    # the next forward's loss is not finite (an update whose gradients are not finite would be skipped)
+    p = run_cli("-m", "ms_gpt4image", "train", "-c", _cfg(tmp_path, packed, "nan", "lr: 1.0e+38\n"), check=False)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
     assert "error: epoch 1: non-finite loss (first at step" in p.stderr and "of 5)" in p.stderr
     assert not (tmp_path / "nan" / "last.ckpt").exists()  # nothing saved from a diverged epoch
