@@ -80,9 +80,12 @@ class TrainStep(nn.TrainOneStepWithLossScaleCell):
         # gradients themselves on GPU and 910B (INF/NaN mode); on CPU, which the parent does not cover,
         # all_finite on the gradients. They are all-reduced first: every rank reaches the same verdict.
         self.finite_check = ms.get_context("device_target") == "CPU"
-        self.reads_status = not self.finite_check and bool(
-            getattr(self, "ascend_910a_target", False) or (getattr(self, "ascend_910b_target", False) and
-                                                           getattr(self, "_ascend_check_overflow_mode", "") == "SATURATION_MODE"))
+        # (read from the parent's attributes as 2.7 names them; a release without them keeps the parent's
+        # own order: the status is always created off CPU)
+        named = hasattr(self, "ascend_910a_target") and hasattr(self, "ascend_910b_target")
+        self.reads_status = not self.finite_check and (not named or bool(
+            self.ascend_910a_target or (self.ascend_910b_target and
+                                        getattr(self, "_ascend_check_overflow_mode", "") == "SATURATION_MODE")))
         self.clip_grad_norm = clip_grad_norm
         # MindSpore's optimizers step their counter (the lr list's index) only with a dynamic lr or
         # weight decay; a skipped update advances it under the same condition
