@@ -20,6 +20,9 @@ def main(argv=None):
         if name == "train":
             p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
                            help="continue from OUTPUT_DIR/last.ckpt, or from the given training checkpoint")
+            p.add_argument("--overwrite", action="store_true",
+                           help="start again in an OUTPUT_DIR that holds another run: its checkpoints, log.jsonl and "
+                                "summary.json are removed first (without it such a run is refused)")
         else:
             p.add_argument("--ckpt", required=True, help="training or deployable checkpoint")
             p.add_argument("--weights", default="auto", choices=["auto", "ema", "raw"],
@@ -93,7 +96,7 @@ def main(argv=None):
         sigterm_interrupts()
         if a.cmd == "train":
             from .train import train
-            result = train(cfg, resume=a.resume)
+            result = train(cfg, resume=a.resume, overwrite=a.overwrite)
         elif a.cmd == "evaluate":
             from .deploy import run_evaluate
             result = run_evaluate(cfg, a.ckpt, a.weights)
@@ -115,14 +118,14 @@ def main(argv=None):
 
 
 def _without_resume(argv):
-    """argv without its --resume [CKPT] / --resume=CKPT."""
+    """argv without its --resume [CKPT] / --resume=CKPT, and without --overwrite (which --resume refuses)."""
     out, skip = [], False
     for i, arg in enumerate(argv):
         if skip:
             skip = False
         elif arg == "--resume":
             skip = i + 1 < len(argv) and not argv[i + 1].startswith("-")
-        elif not arg.startswith("--resume="):
+        elif not arg.startswith("--resume=") and arg != "--overwrite":
             out.append(arg)
     return out
 

@@ -14,6 +14,7 @@ import mindspore as ms
 from mindspore.train import Callback
 from tqdm import tqdm
 
+from .batch_layout import device_rows
 from .checkpoint import save_train_state, saved_epoch
 from .data import pipeline_errors
 from .distributed import World, all_reduce_sum
@@ -78,7 +79,7 @@ class EndOfEpoch(Callback):
         epoch_time = time.time() - self.t_epoch
         record = {"epoch": epoch, **self._losses(epoch, steps), "lr": float(self.lr[min(epoch * steps, len(self.lr)) - 1]),
                   "epoch_time_s": epoch_time,
-                  "images_per_s": steps * self.cfg["batch_size"] * self.world.size / epoch_time}
+                  "images_per_s": steps * device_rows(self.cfg) * self.world.size / epoch_time}
         if self._eval_due(epoch):
             with pipeline_errors("eval", self.cfg["data_dir"]):
                 record.update(self._evaluate())

@@ -153,7 +153,18 @@ SCHEMA: Dict[str, Any] = {
     "num_classes": Int(None, low=2, null=True),  # None: from the manifest
     "pretrained_ckpt": Str(None, null=True),
     # schedule
-    "batch_size": Int(128, low=1),
+    "batch_size": Int(128, low=1),  # per device: the micro-batch of one forward (the recipe's tuned batch)
+    # the global batch the recipe's lr, schedule and EMA were tuned for: the run derives its layout from the
+    # world size, devices x micro-batch x accumulate_steps = global_batch (batch_layout.py); null = batch_size x
+    # devices x accumulate_steps
+    "global_batch": Int(None, low=1, null=True),
+    # micro-batches accumulated per optimizer update (ConvNeXt's update_freq; engine.TrainStep); null = 1, or
+    # what global_batch needs
+    "accumulate_steps": Int(None, low=1, null=True),
+    "max_device_batch": Int(None, low=1, null=True),  # a card's limit: smaller micro-batches, more accumulation
+    # recompute the backbone's blocks in the backward instead of keeping their activations (Cell.recompute():
+    # less device memory, about one more forward of compute)
+    "recompute": Bool(False),
     # repeated augmentation (DeiT's RASampler): R > 1 trains each epoch on a fresh random 1/R of the data,
     # every image R times in one batch with its own augmentations (repeated_aug.py); 1 = off
     "repeated_aug": Int(1, low=1),
@@ -220,6 +231,10 @@ SCHEMA: Dict[str, Any] = {
         "projector": Choice("linear", ("linear", "mlp")),  # linear (paper) | mlp (authors' code)
         "mlp_bn": Bool(True),
         "normalize": Bool(True),  # L2-normalise W f before the dot product (authors' code)
+        # where the contrastive negatives come from under accumulation: local = the micro-batch (infonce: on
+        # this device, as the reference per GPU; clip: gathered over the ranks) | global = the whole global
+        # batch, every micro-batch of every rank (gradient caching; engine.TrainStep, docs/train.md)
+        "negatives": Choice("local", ("local", "global")),
     },
 }
 

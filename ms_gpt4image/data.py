@@ -13,6 +13,7 @@ from PIL import Image
 from mindcv.data.mixup import Mixup
 
 from . import augment, repeated_aug
+from .batch_layout import device_rows
 from .device_input import normalize_on_device
 
 
@@ -113,12 +114,25 @@ def image_ops(cfg: Dict, train: bool, rank: int = 0, uint8: Optional[bool] = Non
     return ops + [vision.HWC2CHW()]
 
 
-def _mixup(cfg: Dict, manifest: Dict) -> Optional[Mixup]:
+class PerMicroBatch:
+    """mixup/cutmix drawn per micro-batch of `micro` rows, as the references' loops mix every loader batch
+    (timm's Mixup in ConvNeXt's train_one_epoch, once per micro-batch under update_freq): the pipeline's
+    batch holds the `accumulate_steps` micro-batches of one update (engine.TrainStep splits it)."""
+
+    def __init__(self, mix: Mixup, micro: int):
+        self.mix, self.micro = mix, micro
+
+    def __call__(self, images: np.ndarray, labels: np.ndarray):
+        parts = [self.mix(images[i:i + self.micro], labels[i:i + self.micro]) for i in range(0, len(images), self.micro)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _mixup(cfg: Dict, manifest: Dict) -> Optional[PerMicroBatch]:
     if cfg["mixup"] <= 0 and cfg["cutmix"] <= 0:
         return None
-    return Mixup(mixup_alpha=cfg["mixup"], cutmix_alpha=cfg["cutmix"], prob=cfg["mixup_prob"],
-                 switch_prob=cfg["mixup_switch_prob"], label_smoothing=cfg["label_smoothing"],
-                 num_classes=manifest["num_classes"])
+    return PerMicroBatch(Mixup(mixup_alpha=cfg["mixup"], cutmix_alpha=cfg["cutmix"], prob=cfg["mixup_prob"],
+                               switch_prob=cfg["mixup_switch_prob"], label_smoothing=cfg["label_smoothing"],
+                               num_classes=manifest["num_classes"]), cfg["batch_size"])
 
 
 def _encoded_as_uint8(encoded):
@@ -160,7 +174,7 @@ def create_dataset(cfg: Dict, split: str, num_shards: Optional[int] = None,
                    python_multiprocessing=cfg["python_multiprocessing"])
     ops = image_ops(cfg, train, shard_id or 0)
     if repeats > 1:  # every rank reads the seed's order; the batch op deals and augments R copies per record
-        data, records = repeated_aug.reader(files, columns, repeats, num_shards, cfg["batch_size"])
+        data, records = repeated_aug.reader(files, columns, repeats, num_shards, device_rows(cfg))
         return repeated_aug.batch(data, records, ops, cfg, columns, _mixup(cfg, manifest), workers,
                                   num_shards or 1, shard_id or 0)
     data = ds.MindDataset(files, columns_list=columns, num_parallel_workers=1, **kwargs)
@@ -170,7 +184,8 @@ def create_dataset(cfg: Dict, split: str, num_shards: Optional[int] = None,
         # record's numpy.bytes_ (mindcv's RandomCropDecodeResize refused it); decoders take a uint8 array
         ops = [_encoded_as_uint8] + ops
     data = data.map(ops, input_columns="image", **workers)
-    batch = cfg["batch_size"] if train else cfg["eval_batch_size"]
+    # a training batch holds the micro-batches of one update (batch_layout.py; engine.TrainStep splits it)
+    batch = device_rows(cfg) if train else cfg["eval_batch_size"]
     # train drops the ragged last batch (one static graph); eval keeps every sample
     if train and (cfg["mixup"] > 0 or cfg["cutmix"] > 0):
         # images and labels are mixed (labels become soft targets, label smoothing folded in); the text

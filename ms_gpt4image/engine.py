@@ -30,12 +30,46 @@ class NetWithLoss(nn.Cell):
         self.loss = loss
         self.normalize = normalize
 
-    def construct(self, image, label, text_emb):
+    def forward(self, image):
         if self.normalize is not None:
             image = self.normalize(image)
         logits, proj = self.net(image)
         # under mixed precision the net may return float16: the losses are computed in float32
-        return self.loss(logits.astype(ms.float32), proj.astype(ms.float32), label, text_emb)
+        return logits.astype(ms.float32), proj.astype(ms.float32)
+
+    def construct(self, image, label, text_emb):
+        logits, proj = self.forward(image)
+        return self.loss(logits, proj, label, text_emb)
+
+
+class ScaledLoss(nn.Cell):
+    """(total x weight, ce, align): the micro-batch objective differentiated by TrainStep's accumulation."""
+
+    def __init__(self, net_with_loss: nn.Cell):
+        super().__init__(auto_prefix=False)
+        self.inner = net_with_loss
+
+    def construct(self, image, label, third, weight):
+        total, ce, align = self.inner(image, label, third)
+        return total * weight, ce, align
+
+
+class CachedAlignNetWithLoss(nn.Cell):
+    """The micro-batch loss of gradient caching (`align.negatives: global`): image, label, the
+    alignment loss's gradient w.r.t. this micro-batch's projected features (computed over the whole
+    global batch, TrainStep._feature_grads) -> (surrogate, ce, 0). The surrogate CE + accumulate x
+    lambda x <W f, g> has the gradient of this micro-batch's share of CE_mean + lambda x align(global
+    batch): summed over the micro-batches (each at sensitivity 1 / accumulate) it is the global batch's."""
+
+    def __init__(self, net_with_loss: NetWithLoss, accumulate: int):
+        super().__init__(auto_prefix=False)
+        self.inner = net_with_loss
+        self.weight = float(accumulate * net_with_loss.loss.lam)
+
+    def construct(self, image, label, feature_grad):
+        logits, proj = self.inner.forward(image)
+        ce = self.inner.loss.ce(logits, label)
+        return ce + self.weight * (proj * feature_grad).sum(), ce, ops.zeros_like(ce)
 
 
 _grad_scale = ops.MultitypeFuncGraph("grad_scale")
@@ -69,7 +103,8 @@ class TrainStep(nn.TrainOneStepWithLossScaleCell):
     """
 
     def __init__(self, net_with_loss: NetWithLoss, optimizer: nn.Optimizer, scale_sense=None,
-                 ema_decay: float = 0.0, clip_grad_norm: float = 0.0, ema_warmup: int = 0):
+                 ema_decay: float = 0.0, clip_grad_norm: float = 0.0, ema_warmup: int = 0,
+                 accumulate_steps: int = 1, global_negatives: bool = False):
         if scale_sense is None:
             scale_sense = nn.FixedLossScaleUpdateCell(1.0)
         elif isinstance(scale_sense, ms.Tensor):  # a bare scale would apply overflowing updates
@@ -87,6 +122,22 @@ class TrainStep(nn.TrainOneStepWithLossScaleCell):
             self.ascend_910a_target or (self.ascend_910b_target and
                                         getattr(self, "_ascend_check_overflow_mode", "") == "SATURATION_MODE")))
         self.clip_grad_norm = clip_grad_norm
+        self.accumulate = int(accumulate_steps)
+        self.global_negatives = bool(global_negatives)
+        if self.global_negatives:
+            self.cached_net = CachedAlignNetWithLoss(net_with_loss, self.accumulate)
+            self.feature_grad = ops.GradOperation()  # d(alignment over the global batch) / d(its features)
+            # BatchNorm's running statistics, put back after the features' forward (TrainStep._feature_grads):
+            # the micro-batches' own forwards update them once each, as without caching
+            stats = [p for p in net_with_loss.net.get_parameters() if p.name.split(".")[-1].startswith("moving_")]
+            self.bn_stats = ms.ParameterTuple(stats)
+            self.bn_saved = self.bn_stats.clone(f"{LOG_PREFIX}bn_saved", init="same")  # scratch: never saved
+        if self.accumulate > 1 or self.global_negatives:
+            # one forward per micro-batch, its value and gradients together: a separate forward call, as the
+            # single-batch path makes, is not merged with the gradient's inside the loop (BatchNorm's running
+            # statistics then moved twice per micro-batch)
+            micro = self.cached_net if self.global_negatives else net_with_loss
+            self.micro_grads = ops.value_and_grad(ScaledLoss(micro), None, self.weights, has_aux=True)
         # MindSpore's optimizers step their counter (the lr list's index) only with a dynamic lr or
         # weight decay; a skipped update advances it under the same condition
         self.advance_on_skip = bool(getattr(optimizer, "dynamic_lr", False) or
@@ -151,18 +202,72 @@ class TrainStep(nn.TrainOneStepWithLossScaleCell):
             loss = ops.depend(loss, ops.assign_add(self.optimizer.global_step, self.optimizer.global_step_increase_tensor))
         return loss
 
+    def _feature_grads(self, image, text_emb):
+        """Gradient caching, first pass: the projected features of every micro-batch (forwards without a
+        backward, one micro-batch at a time, BatchNorm's running statistics restored afterwards), the
+        alignment loss over all of them (and, through its gather, over every rank's), and its gradient
+        w.r.t. each feature row. Returns (that gradient [rows, k], the alignment loss)."""
+        b = image.shape[0] // self.accumulate
+        first = image[:b]
+        for saved, stat in zip(self.bn_saved, self.bn_stats):
+            first = ops.depend(first, ops.assign(saved, stat))
+        feats = []
+        for i in range(self.accumulate):
+            x = first if i == 0 else ops.depend(image[i * b:(i + 1) * b], feats[-1])
+            feats.append(ops.stop_gradient(self.network.forward(x)[1]))
+        feats = ops.concat(feats)
+        for saved, stat in zip(self.bn_saved, self.bn_stats):
+            feats = ops.depend(feats, ops.assign(stat, ops.depend(saved, feats)))
+        align = self.network.loss.align
+        return ops.stop_gradient(self.feature_grad(align)(feats, text_emb)), align(feats, text_emb)
+
+    def _accumulated_grads(self, image, label, text_emb, scaling_sens):
+        """Summed gradients of `accumulate_steps` micro-batches, cut from the step's batch in order; each
+        micro-batch's forward waits for the previous backward, so one micro-batch's activations are alive
+        at a time. Returns (mean total, mean CE, alignment, grads, status, scaling_sens)."""
+        n = self.accumulate
+        b = image.shape[0] // n
+        status = None
+        third_all, global_align = text_emb, None  # a micro-batch's third input: its texts, or with
+        if self.global_negatives:                 # gradient caching its features' cached gradient
+            third_all, global_align = self._feature_grads(image, text_emb)
+        if self.reads_status:
+            # the float-status registers are cleared once, before the first micro-batch's backward (the
+            # scale each backward starts from waits for the clearing), and read after the last
+            status, scaling_sens = self.start_overflow_check(image, scaling_sens)
+        weight = ops.cast(scaling_sens, ms.float32) / n  # each micro-batch's loss / N, x the loss scale
+        grads, sums = None, None
+        for i in range(n):
+            x, y = image[i * b:(i + 1) * b], label[i * b:(i + 1) * b]
+            if grads is not None:
+                x = ops.depend(x, grads)
+            (_, ce, align), g = self.micro_grads(x, y, third_all[i * b:(i + 1) * b], weight)
+            values = ops.stack([ce, align])
+            grads, sums = (g, values) if grads is None else (self.hyper_map(ops.add, grads, g), sums + values)
+        ce, align = sums[0] / n, sums[1] / n
+        if self.global_negatives:  # the logged alignment: over the global batch
+            align = global_align
+        return ce + self.network.loss.lam * align, ce, align, grads, status, scaling_sens
+
     def construct(self, image, label, text_emb):
-        loss, ce, align = self.network(image, label, text_emb)
         scaling_sens = self.scale_sense
         status = None
-        if self.reads_status:
-            # clears the float-status registers after the forward and before the backward (scaling_sens
-            # carries the order); `status` is read after the all-reduce. Elsewhere no status exists, so
-            # none is left for the graph to drop ("side effect nodes were eliminated")
-            status, scaling_sens = self.start_overflow_check(loss, scaling_sens)
-        # d(total)/d(weights), scaled: sensitivity = loss scale on the total, 0 on the logged parts
-        sens = (ops.ones_like(loss) * ops.cast(scaling_sens, ops.dtype(loss)), ops.zeros_like(ce), ops.zeros_like(align))
-        grads = self.grad(self.network, self.weights)(image, label, text_emb, sens)
+        if self.accumulate > 1 or self.global_negatives:
+            loss, ce, align, grads, status, scaling_sens = self._accumulated_grads(image, label, text_emb,
+                                                                                  scaling_sens)
+        else:
+            loss, ce, align = self.network(image, label, text_emb)
+            if self.reads_status:
+                # clears the float-status registers after the forward and before the backward (scaling_sens
+                # carries the order); `status` is read after the all-reduce. Elsewhere no status exists, so
+                # none is left for the graph to drop ("side effect nodes were eliminated")
+                status, scaling_sens = self.start_overflow_check(loss, scaling_sens)
+            # d(total)/d(weights), scaled: sensitivity = loss scale on the total, 0 on the logged parts
+            sens = (ops.ones_like(loss) * ops.cast(scaling_sens, ops.dtype(loss)), ops.zeros_like(ce),
+                    ops.zeros_like(align))
+            grads = self.grad(self.network, self.weights)(image, label, text_emb, sens)
+        # one all-reduce per update, of the summed gradients (ConvNeXt's DDP reduces every micro-batch's:
+        # the same sum, N times the traffic)
         grads = self.grad_reducer(grads)
         grads = self.hyper_map(ops.partial(_grad_scale, scaling_sens), grads)
         if self.clip_grad_norm > 0:

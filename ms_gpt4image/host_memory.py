@@ -47,6 +47,8 @@ import shutil
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
+from .batch_layout import device_rows
+
 THRESHOLD = 0.8  # MindSpore's _check_shm_usage refuses beyond 80 % of what is free; so do we
 MAX_DEVICES_PER_NODE = 8  # MindSpore's own assumption where it does not know (an Ascend server: 8 cards)
 _LOCAL_SIZE_VARS = ("MS_LOCAL_WORKER", "OMPI_COMM_WORLD_LOCAL_SIZE", "LOCAL_WORLD_SIZE")
@@ -98,7 +100,8 @@ def pipeline_pools(cfg: Dict, world_size: int = 1, num_classes: Optional[int] = 
     manifest = _manifest(cfg)
     k = num_classes or cfg["num_classes"] or manifest.get("num_classes") or 1000
     d = embedding_dim or (manifest.get("embedding") or {}).get("dim") or 768
-    size, batch, workers = cfg["image_size"], cfg["batch_size"], cfg["num_parallel_workers"]
+    # a training batch carries the micro-batches of one update (batch_layout.py)
+    size, batch, workers = cfg["image_size"], device_rows(cfg), cfg["num_parallel_workers"]
     enc_train = enc_eval = encoded_bytes or 3 * size * size
     image, eval_image = bytes_per_image(cfg, train=True), bytes_per_image(cfg, train=False)
     mixing = cfg["mixup"] > 0 or cfg["cutmix"] > 0

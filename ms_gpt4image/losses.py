@@ -6,6 +6,8 @@ when `normalize=True` (the authors' code does; the text side is normalised offli
 
 * infonce -- paper eq. 2, one direction (image -> texts), negatives are the other texts of the
   local batch:  -log( exp(t_i.z_i/tau) / sum_j exp(t_j.z_i/tau) ), averaged over i.
+  With `global_negatives` (config align.negatives: global) and `world_size` > 1 the texts are gathered
+  from every device: each rank scores its images against all texts of the global batch.
 * clip    -- symmetric: mean of the image->text and text->image cross-entropies. With `world_size`
   > 1 the negatives come from every device (as in the authors' code): each rank scores its local
   images against all gathered texts and its local texts against all gathered images. Each rank's
@@ -47,7 +49,7 @@ class AlignLoss(nn.Cell):
     KINDS = ("infonce", "clip", "cosine")
 
     def __init__(self, kind: str = "infonce", tau: float = 0.5, normalize: bool = True,
-                 world_size: int = 1, rank: int = 0):
+                 world_size: int = 1, rank: int = 0, global_negatives: bool = False):
         super().__init__()
         if kind not in self.KINDS:
             raise ValueError(f"align.loss must be one of {self.KINDS}, got {kind!r}")
@@ -57,7 +59,9 @@ class AlignLoss(nn.Cell):
         self.inv_tau = 1.0 / tau
         self.normalize = normalize
         self.ce = nn.CrossEntropyLoss()
-        self.gather = kind == "clip" and world_size > 1
+        # clip gathers the negatives over the ranks always (the authors' code); infonce, whose reference
+        # takes them per GPU, only for `align.negatives: global`, and only the texts (its one direction)
+        self.gather = world_size > 1 and (kind == "clip" or (kind == "infonce" and global_negatives))
         self.rank = rank
         if self.gather:
             self.all_gather = GatherWithGrad(rank)
@@ -70,6 +74,8 @@ class AlignLoss(nn.Cell):
         if self.gather:
             b = img.shape[0]
             target = (ops.arange(b) + self.rank * b).astype("int32")
+            if self.kind == "infonce":
+                return self.ce(ops.matmul(img, self.all_gather(txt).T) * self.inv_tau, target)
             rows = ops.matmul(img, self.all_gather(txt).T) * self.inv_tau          # local images x all texts
             cols = ops.matmul(txt, self.all_gather(img).T) * self.inv_tau          # local texts x all images
             return 0.5 * (self.ce(rows, target) + self.ce(cols, target))
@@ -85,11 +91,11 @@ class GPT4ImageLoss(nn.Cell):
     """L = CE(logits, y) + lambda * align(W f, t). Returns (total, ce, align)."""
 
     def __init__(self, lam: float = 0.3, kind: str = "infonce", tau: float = 0.5, normalize: bool = True,
-                 label_smoothing: float = 0.0, world_size: int = 1, rank: int = 0):
+                 label_smoothing: float = 0.0, world_size: int = 1, rank: int = 0, global_negatives: bool = False):
         super().__init__()
         self.lam = lam
         self.ce = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        self.align = AlignLoss(kind, tau, normalize, world_size, rank)
+        self.align = AlignLoss(kind, tau, normalize, world_size, rank, global_negatives)
 
     def construct(self, logits, proj, label, text_emb):
         ce = self.ce(logits, label)

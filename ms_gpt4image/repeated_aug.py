@@ -47,6 +47,8 @@ import numpy as np
 import mindspore.dataset as ds
 import mindspore.dataset.vision as vision
 
+from .batch_layout import device_rows
+
 
 def selected_per_rank(n: int, world_size: int) -> int:
     """RASampler's per-rank sample count, floor(n // 256 * 256 / W); without the 256 rounding for
@@ -127,7 +129,7 @@ def batch(data, records: int, ops: List, cfg: Dict, columns: List[str], mix: Opt
           world_size: int = 1, rank: int = 0):
     """The training batch op with repeated augmentation over `data` (`records` per epoch, image still
     encoded), for `rank` of `world_size`. Returns (batched dataset, rows it yields per epoch)."""
-    r, size = cfg["repeated_aug"], cfg["batch_size"]
+    r, size = cfg["repeated_aug"], device_rows(cfg)  # the rows of one update (its micro-batches in turn)
     make = RepeatedBatch(ops, rows_of_rank(rank, world_size, r, size), mix)
     # MindSpore checks that per_batch_map's signature has one argument per column (and batch_info)
     if len(columns) == 3:

@@ -27,8 +27,10 @@ from .gpt4image import GPT4ImageNet
 from .host_memory import check_shared_memory
 from .losses import GPT4ImageLoss
 from .schedule import lr_schedule
-from .models import create_backbone
+from .models import create_backbone, recompute_blocks
+from .batch_layout import apply as apply_layout, device_rows, resolve as resolve_layout
 from .precision import mixed_precision
+from .run_dir import check_output_dir
 
 
 def build_backbone(cfg: Dict, num_classes: int):
@@ -50,10 +52,11 @@ def num_classes_of(cfg: Dict, manifest: Dict) -> int:
 
 
 def scaled_lr(cfg: Dict, world: World) -> float:
-    """lr * global_batch / lr_base_batch when `lr_base_batch` is set (the linear scaling rule)."""
+    """lr * global batch / lr_base_batch when `lr_base_batch` is set (the linear scaling rule); the global
+    batch counts the accumulated micro-batches (`cfg` as batch_layout.apply gives it)."""
     if not cfg["lr_base_batch"]:
         return cfg["lr"]
-    return cfg["lr"] * cfg["batch_size"] * world.size / cfg["lr_base_batch"]
+    return cfg["lr"] * device_rows(cfg) * world.size / cfg["lr_base_batch"]
 
 
 def build_training(cfg: Dict, steps_per_epoch: int, manifest: Dict, world: World = World()):
@@ -62,15 +65,18 @@ def build_training(cfg: Dict, steps_per_epoch: int, manifest: Dict, world: World
                        a["projector"], a["mlp_bn"])
     mixing = cfg["mixup"] > 0 or cfg["cutmix"] > 0  # then smoothing is inside the soft targets
     loss = GPT4ImageLoss(a["lambda"], a["loss"], a["tau"], a["normalize"], 0.0 if mixing else cfg["label_smoothing"],
-                         world.size, world.rank)
+                         world.size, world.rank, a["negatives"] == "global")
     lr = lr_schedule(cfg, steps_per_epoch, scaled_lr(cfg, world))
     opt = build_optimizer(cfg, net, lr)
+    if cfg["recompute"]:
+        recompute_blocks(net.backbone)
     # the network auto_mixed_precision returns is the one trained (it shares net's parameters and names)
     # uint8 training images are normalised on the device, in float32 (device_input.py)
     step = TrainStep(NetWithLoss(mixed_precision(net, cfg["amp_level"]), loss, device_input.for_config(cfg)),
                      opt, loss_scale_sense(cfg),
                      ema_decay=cfg["ema_decay"] if cfg["ema"] else 0.0, clip_grad_norm=cfg["clip_grad_norm"],
-                     ema_warmup=cfg["ema_warmup"])
+                     ema_warmup=cfg["ema_warmup"], accumulate_steps=cfg["accumulate_steps"] or 1,
+                     global_negatives=a["negatives"] == "global")
     set_jit_level(step, cfg["jit_level"])
     return net, step, lr
 
@@ -177,17 +183,23 @@ def restore(step, out: Path, resume, run: Dict, cfg: Dict, main: bool, rank: int
     return state["epoch"], state["best_top1"]
 
 
-def train(cfg: Dict, resume=False) -> Dict:
+def train(cfg: Dict, resume=False, overwrite: bool = False) -> Dict:
     # build: context and ranks, the two pipelines (each built once), the net, its train step
     setup_context(cfg)  # the same seed on every rank: identical initial weights
     world = init_distributed(device_target=cfg["device_target"])
+    # devices x micro-batch x accumulation = the global batch (batch_layout.py); a layout that cannot make
+    # it stops here, before anything is written. config.yaml keeps the config as given (reusable on any
+    # world size); the run trains the resolved one
+    layout = resolve_layout(cfg, world.size)
+    given, cfg = cfg, apply_layout(cfg, layout)
     out = Path(cfg["output_dir"])
     if out.exists() and not out.is_dir():
         raise ValueError(f"output_dir {out} is a file, not a directory")
+    check_output_dir(out, resume, overwrite, world)  # another run there: refused, or removed with --overwrite
     if world.is_main:  # only rank 0 writes files
         with write_failures(out / "config.yaml"):
             out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, out / "config.yaml")
+            save_config(given, out / "config.yaml")
     manifest = load_manifest(cfg["data_dir"])
     shm = check_shared_memory(cfg, world_size=world.size)  # one line, before any worker starts, if it cannot fit
     if world.is_main:
@@ -195,7 +207,8 @@ def train(cfg: Dict, resume=False) -> Dict:
     train_ds, n_train = create_dataset(cfg, "train", **world.shard)
     steps = train_ds.get_dataset_size()
     if steps == 0:
-        raise ValueError(f"{cfg['data_dir']}: {n_train} training samples per device < batch_size {cfg['batch_size']}")
+        raise ValueError(f"{cfg['data_dir']}: {n_train} training samples per device < the {device_rows(cfg)} rows "
+                         f"a device trains per update ({layout.line()})")
     eval_ds, n_eval = create_dataset(cfg, "eval", **world.shard)  # every rank evaluates its slice
     n_eval_all = manifest["splits"]["eval"]["count"]
     run = run_signature(cfg, manifest, steps)
@@ -206,10 +219,11 @@ def train(cfg: Dict, resume=False) -> Dict:
         return json.loads((out / "summary.json").read_text())  # finished before: nothing to do
     a, sunk = cfg["align"], sink_mode(cfg)
     if world.is_main:
-        print(f"train {cfg['model']} on {manifest['dataset']}: {n_train} images per device, {steps} steps/epoch, "
-              f"{world.size} device(s), batch {cfg['batch_size']}/device = {cfg['batch_size'] * world.size} global, "
-              f"lr {scaled_lr(cfg, world):g}" + (f" (= {cfg['lr']:g} x {cfg['batch_size'] * world.size}/"
-                                                 f"{cfg['lr_base_batch']})" if cfg["lr_base_batch"] else "") +
+        print(f"layout: {layout.line()}, lr {scaled_lr(cfg, world):g}"
+              + (f" (= {cfg['lr']:g} x {layout.global_batch}/{cfg['lr_base_batch']})" if cfg["lr_base_batch"] else "")
+              + (", negatives over the global batch (gradient caching)" if a["negatives"] == "global" else ""))
+        print(f"train {cfg['model']} on {manifest['dataset']}: {n_train} images per device, {steps} updates/epoch, "
+              f"{world.size} device(s), " +
               f", lambda {a['lambda']}, tau {a['tau']}, loss {a['loss']}, projector {a['projector']}, "
               f"eval {n_eval_all} images" + (f" ({n_eval} on this rank)" if world.distributed else "") + ", "
               f"data {'sunk' if sunk and cfg['device_target'] != 'CPU' else 'fed from Python'}, "
@@ -239,6 +253,7 @@ def train(cfg: Dict, resume=False) -> Dict:
 
     last_eval = end_of_epoch.last_eval
     summary = {"model": cfg["model"], "lambda": a["lambda"], "epochs": cfg["epoch_size"], "devices": world.size,
+               "layout": layout.as_dict(), "lr": scaled_lr(cfg, world),
                "train_images": n_train * world.size, "eval_images": n_eval_all,
                # the reported top-1 (report_top1; its weights: reported_weights), then both models'
                "reported": last_eval["reported"] if last_eval else None,

@@ -6,6 +6,10 @@
 Single-process objective: clip -> the loss on the whole global batch (its negatives are global either
 way); infonce -> the mean of the two halves' losses (its negatives are local by definition).
 Writes DIR/{dist,single}.npz with the loss and every parameter after the step.
+
+Accumulation (tests/test_accumulation.py): `--accumulate N` cuts each process's rows into N micro-batches;
+`--negatives global` takes the alignment's negatives from the whole global batch (gradient caching);
+`--whole` makes the single process's objective the loss on the whole batch (infonce included).
 """
 import argparse
 import sys
@@ -46,7 +50,11 @@ def main():
     ap.add_argument("--loss", required=True, choices=["clip", "infonce"])
     ap.add_argument("--out", required=True)
     ap.add_argument("--single", action="store_true")
+    ap.add_argument("--accumulate", type=int, default=1)
+    ap.add_argument("--negatives", default="local", choices=["local", "global"])
+    ap.add_argument("--whole", action="store_true")
     a = ap.parse_args()
+    glob = a.negatives == "global"
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
     ms.set_seed(0)  # identical initial weights on every rank
@@ -59,12 +67,14 @@ def main():
     if world.distributed:
         b = GLOBAL_BATCH // world.size
         x, y, t = (v[world.rank * b:(world.rank + 1) * b] for v in (x, y, t))
-        loss = GPT4ImageLoss(LAM, a.loss, TAU, world_size=world.size, rank=world.rank)
+        loss = GPT4ImageLoss(LAM, a.loss, TAU, world_size=world.size, rank=world.rank, global_negatives=glob)
+    elif a.loss == "clip" or a.whole or a.accumulate > 1:
+        loss = GPT4ImageLoss(LAM, a.loss, TAU, global_negatives=glob)
     else:
-        loss = GPT4ImageLoss(LAM, a.loss, TAU) if a.loss == "clip" else HalvesLoss(a.loss)
+        loss = HalvesLoss(a.loss)
     net = GPT4ImageNet(create_backbone("simple_cnn", num_classes=10, width=8), DIM)
     opt = nn.Momentum(net.trainable_params(), learning_rate=0.5, momentum=0.9)
-    step = TrainStep(NetWithLoss(net, loss), opt)
+    step = TrainStep(NetWithLoss(net, loss), opt, accumulate_steps=a.accumulate, global_negatives=glob)
     step.set_train(True)
     before = {p.name: p.asnumpy().copy() for p in net.trainable_params()}
     total, ce, align = step(ms.Tensor(x), ms.Tensor(y), ms.Tensor(t))

@@ -30,11 +30,21 @@ def msrun(tmp_path, script, *args, workers=2):
     return log_dir
 
 
-@pytest.mark.parametrize("loss", ["clip", "infonce"])
-def test_two_workers_match_one_process(loss, tmp_path):
+# (the loss, the workers' options, the single process's): plain data parallel; 2 workers x 2 accumulated
+# micro-batches = 1 process x 4 (infonce's negatives per micro-batch); gradient caching on 2 workers x 2
+# = 1 process on the whole batch, for infonce and clip
+CASES = {"clip": ("clip", [], []), "infonce": ("infonce", [], []),
+         "infonce-accumulate": ("infonce", ["--accumulate", 2], ["--accumulate", 4]),
+         "infonce-global": ("infonce", ["--accumulate", 2, "--negatives", "global"], ["--whole"]),
+         "clip-global": ("clip", ["--accumulate", 2, "--negatives", "global"], ["--whole"])}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_workers_match_one_process(case, tmp_path):
+    loss, workers, single = CASES[case]
     script = ROOT / "tests" / "dist_parity.py"
-    msrun(tmp_path, script, "--loss", loss, "--out", tmp_path)
-    run_cli(script, "--loss", loss, "--out", tmp_path, "--single")
+    msrun(tmp_path, script, "--loss", loss, "--out", tmp_path, *workers)
+    run_cli(script, "--loss", loss, "--out", tmp_path, "--single", *single)
     single = np.load(tmp_path / "single.npz")
     ranks = [np.load(tmp_path / f"dist_rank{r}.npz") for r in range(2)]
     # the objective: the mean of the ranks' losses is the single process's loss

@@ -1,4 +1,4 @@
-from .registry import create_backbone, list_backbones, register_backbone
+from .registry import create_backbone, list_backbones, recompute_blocks, register_backbone
 from . import cifar_resnet, deit, hiera, mindcv_backbones, simple_cnn  # noqa: F401  (register the backbones)
 
-__all__ = ["create_backbone", "list_backbones", "register_backbone"]
+__all__ = ["create_backbone", "list_backbones", "recompute_blocks", "register_backbone"]

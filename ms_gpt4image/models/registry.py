@@ -35,3 +35,22 @@ def create_backbone(name: str, num_classes: int, image_size: int = None, **kwarg
         return fn(num_classes=num_classes, **kwargs)
     except TypeError as e:  # a model_kwargs key this backbone does not take
         raise ValueError(f"backbone {name!r}: {e}; check model_kwargs") from None
+
+
+# the residual blocks of the registered families: mindcv's ResNet (BasicBlock, Bottleneck), ConvNeXt and
+# ViT/DeiT (Block), ours (HieraBlock, cifar_resnet's BasicBlock)
+BLOCK_CLASSES = ("Block", "BasicBlock", "Bottleneck", "HieraBlock")
+
+
+def recompute_blocks(backbone) -> int:
+    """Marks every residual block of `backbone` for recomputation (MindSpore's `Cell.recompute()`: the
+    backward recomputes the block's forward instead of keeping its activations); returns how many."""
+    count = 0
+    for _, cell in backbone.cells_and_names():
+        if type(cell).__name__ in BLOCK_CLASSES:
+            cell.recompute()
+            count += 1
+    if count == 0:
+        raise ValueError(f"recompute: backbone {type(backbone).__name__} has no residual blocks "
+                         f"({', '.join(BLOCK_CLASSES)}) to recompute; set recompute: false")
+    return count
