@@ -77,6 +77,15 @@ def nearest_global_batches(global_batch: int, devices: int, micro: int) -> List[
 
 def resolve(cfg: Dict, devices: int) -> Layout:
     """The run's layout on `devices` (module docstring); a ConfigError names what cannot work."""
+    layout = _resolve(cfg, devices)
+    a = cfg["align"]
+    if layout.micro_batch < 2 and a["lambda"] > 0 and a["loss"] != "cosine" and a["negatives"] == "local":
+        raise ConfigError(f"{layout.line()}: a micro-batch of 1 leaves contrastive alignment (align.loss {a['loss']}) "
+                          f"no negatives; raise max_device_batch or set align.negatives: global")
+    return layout
+
+
+def _resolve(cfg: Dict, devices: int) -> Layout:
     cap, given = _cap(cfg), cfg["accumulate_steps"]
     target = cfg["global_batch"]
     if target is None:

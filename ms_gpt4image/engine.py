@@ -100,6 +100,11 @@ class TrainStep(nn.TrainOneStepWithLossScaleCell):
     (BatchNorm statistics included) is kept under the `ema.` prefix: constant decay as timm's ModelEma
     (the DeiT and ConvNeXt recipes), or with `ema_warmup` steps mindcv's warm-up decay
     * (1 - exp(-t / warmup)); it is updated once per applied update.
+
+    With `accumulate_steps` N > 1 the step's batch holds the N micro-batches of one update (ConvNeXt's
+    update_freq; `_accumulated_grads`): their gradients are summed, then all-reduced, unscaled, clipped,
+    checked and applied once. `global_negatives` (config align.negatives: global) computes the alignment
+    over the whole global batch by gradient caching (`_feature_grads`, CachedAlignNetWithLoss).
     """
 
     def __init__(self, net_with_loss: NetWithLoss, optimizer: nn.Optimizer, scale_sense=None,
