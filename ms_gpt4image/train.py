@@ -223,8 +223,7 @@ def train(cfg: Dict, resume=False, overwrite: bool = False) -> Dict:
               + (f" (= {cfg['lr']:g} x {layout.global_batch}/{cfg['lr_base_batch']})" if cfg["lr_base_batch"] else "")
               + (", negatives over the global batch (gradient caching)" if a["negatives"] == "global" else ""))
         print(f"train {cfg['model']} on {manifest['dataset']}: {n_train} images per device, {steps} updates/epoch, "
-              f"{world.size} device(s), " +
-              f", lambda {a['lambda']}, tau {a['tau']}, loss {a['loss']}, projector {a['projector']}, "
+              f"{world.size} device(s), lambda {a['lambda']}, tau {a['tau']}, loss {a['loss']}, projector {a['projector']}, "
               f"eval {n_eval_all} images" + (f" ({n_eval} on this rank)" if world.distributed else "") + ", "
               f"data {'sunk' if sunk and cfg['device_target'] != 'CPU' else 'fed from Python'}, "
               f"amp {cfg['amp_level']}, loss scale {cfg['loss_scale_type']}"

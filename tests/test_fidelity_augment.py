@@ -369,8 +369,9 @@ def test_batch_mixing_matches_timm(prob):
     kw = dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=prob, switch_prob=0.5, label_smoothing=0.1, num_classes=10)
     ours = _mixup(load_config("configs/imagenet_deit_small.yaml", [f"mixup_prob={prob}"]), {"num_classes": 10})
     ref = timm_mix.Mixup(**kw)
-    assert (ours.mixup_alpha, ours.cutmix_alpha, ours.mix_prob, ours.switch_prob, ours.label_smoothing, ours.mode,
-            ours.correct_lam, ours.cutmix_minmax) == (0.8, 1.0, prob, 0.5, 0.1, "batch", True, None)
+    mix = ours.mix  # (drawn per micro-batch of 128 rows: data.PerMicroBatch; the test's batch is one)
+    assert (mix.mixup_alpha, mix.cutmix_alpha, mix.mix_prob, mix.switch_prob, mix.label_smoothing, mix.mode,
+            mix.correct_lam, mix.cutmix_minmax, ours.micro) == (0.8, 1.0, prob, 0.5, 0.1, "batch", True, None, 128)
     kinds = set()
     for seed in range(40):
         x, y = _batch(seed)

@@ -216,7 +216,7 @@ def _train_cfg(tmp_path, packed, name, extra=""):
 def test_training_with_repeated_aug_and_resume(packed, tmp_path):
     full, split = (_train_cfg(tmp_path, packed, n, e) for n, e in (("full", ""), ("split", "stop_at_epoch: 1\n")))
     outs = run_cli_concurrently(("-m", "ms_gpt4image", "train", "-c", full), ("-m", "ms_gpt4image", "train", "-c", split))
-    assert "72 images per device, 6 steps/epoch" in outs[0].stdout  # 80 images: 24 per epoch, each 3 times
+    assert "72 images per device, 6 updates/epoch" in outs[0].stdout  # 80 images: 24 per epoch, each 3 times
     ev = json.loads(run_cli_concurrently(  # report_top1 max: evaluate gives the better of raw and EMA
         ("-m", "ms_gpt4image", "train", "-c", split, "--resume"),
         ("-m", "ms_gpt4image", "evaluate", "-c", full, "--set", "report_top1=max", "--ckpt",
