@@ -8,6 +8,8 @@ from pathlib import Path
 from ms_gpt4image.cli import (command_line, int_at_least, interrupted, nonnegative_int, positive_float, positive_int,
                               sigterm_interrupts)
 
+from .ray_engine import CONNECT_TIMEOUT, LOST_AFTER_MAX  # no Ray import: that waits for --engine ray
+
 
 def _source_args(p):
     p.add_argument("--source", default="fashion-mnist", help="fashion-mnist | idx | imagefolder | cifar10 | cifar100")
@@ -70,7 +72,8 @@ def _unfinished(a, again):
 
 def _ray_options(a):
     from .ray_engine import RayOptions
-    return RayOptions(a.address, a.workers, a.num_gpus_per_worker, a.num_cpus_per_worker)
+    return RayOptions(a.address, a.workers, a.num_gpus_per_worker, a.num_cpus_per_worker, a.connect_timeout,
+                      kept=lambda: a.kept(a, a.again))
 
 
 def cmd_describe(a):
@@ -113,12 +116,14 @@ def cmd_merge(a):
 
 
 def cmd_embed(a):
+    from .descriptions import DescriptionSet
     from .embed import create_encoder, run_embed
     if a.engine == "ray":
         from .ray_embed import run_embed_ray
         return run_embed_ray(a.descriptions, a.out, a.backend, a.model, a.device, a.batch_size, a.chunk_size,
                              _ray_options(a))
-    return run_embed(a.descriptions, a.out, create_encoder(a.backend, a.model, a.device), a.batch_size, a.chunk_size)
+    descs = DescriptionSet(a.descriptions)  # a bad file is told before the encoder loads
+    return run_embed(descs, a.out, create_encoder(a.backend, a.model, a.device), a.batch_size, a.chunk_size)
 
 
 def cmd_pack(a):
@@ -174,6 +179,11 @@ def _engine_args(p, what):
     g.add_argument("--num-gpus-per-worker", type=_nonnegative_float, default=None,
                    help="default 1 when the cluster has GPUs, else 0")
     g.add_argument("--num-cpus-per-worker", type=positive_float, default=1.0)
+    g.add_argument("--connect-timeout", type=positive_float, default=CONNECT_TIMEOUT, metavar="SECONDS",
+                   help="give up, with the address and what to check, when the head at --address does not answer "
+                        "within SECONDS at the start (joining it may take as long again), or stops answering for "
+                        f"SECONDS mid-run (at most {LOST_AFTER_MAX:g}; what is done is kept); default "
+                        f"{CONNECT_TIMEOUT:g}")
     return g
 
 
@@ -303,10 +313,11 @@ def main(argv=None):
     if getattr(a, "block_size", 0) is None:
         a.block_size = 16 * a.batch_size
     sigterm_interrupts()
+    a.again = command_line("python -m export", argv)  # goes on from what an interruption or a lost cluster leaves
     try:
         result = a.fn(a)
     except KeyboardInterrupt:
-        return interrupted(getattr(a, "kept", _unfinished)(a, command_line("python -m export", argv)))
+        return interrupted(getattr(a, "kept", _unfinished)(a, a.again))
     except (ValueError, KeyError, IndexError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -11,6 +11,8 @@ from typing import Dict, Iterator, List
 
 import numpy as np
 
+from .io_utils import jsonl_records
+
 
 class DescriptionSet:
     def __init__(self, path):
@@ -18,27 +20,15 @@ class DescriptionSet:
         if not self.path.exists():
             raise FileNotFoundError(f"descriptions file not found: {self.path}")
         index, label, offset = [], [], []
-        with open(self.path, "rb") as f:
-            pos, n = 0, 0
-            for line in f:
-                n += 1
-                start, pos = pos, pos + len(line)
-                if not line.strip():
-                    continue
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError as e:
-                    if not line.endswith(b"\n"):
-                        break  # only the last line can lack its newline: the torn tail of an interrupted write
-                    raise ValueError(f"{self.path}:{n}: not valid JSON ({e})") from None
-                for key in ("index", "label", "description"):
-                    if key not in r:
-                        raise ValueError(f"{self.path}:{n}: record has no {key!r}")
-                if not isinstance(r["description"], str):
-                    raise ValueError(f"{self.path}:{n} (index {r['index']}): description is not a string")
-                index.append(int(r["index"]))
-                label.append(int(r["label"]))
-                offset.append(start)
+        for n, start, r in jsonl_records(self.path):
+            for key in ("index", "label", "description"):
+                if key not in r:
+                    raise ValueError(f"{self.path}:{n}: record has no {key!r}")
+            if not isinstance(r["description"], str):
+                raise ValueError(f"{self.path}:{n} (index {r['index']}): description is not a string")
+            index.append(int(r["index"]))
+            label.append(int(r["label"]))
+            offset.append(start)
         if not index:
             raise ValueError(f"{self.path}: no descriptions")
         index = np.asarray(index, dtype=np.int64)

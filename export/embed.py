@@ -125,14 +125,15 @@ class ChunkedEmbedding:
     which are missing, saving one as it completes, and assembling PREFIX.npy from them. Both engines
     (one process, Ray) go through it, so either resumes what the other left."""
 
-    def __init__(self, descriptions_path, out_prefix, encoder, batch_size: int, chunk_size: int):
-        self.descs = DescriptionSet(descriptions_path)
-        self.descriptions_path = descriptions_path
+    def __init__(self, descriptions, out_prefix, encoder, batch_size: int, chunk_size: int):
+        """descriptions: the file, or its DescriptionSet when the caller read it before loading the encoder."""
+        self.descs = descriptions if isinstance(descriptions, DescriptionSet) else DescriptionSet(descriptions)
+        self.descriptions_path = self.descs.path
         self.out_prefix = Path(out_prefix)
         self.out_prefix.parent.mkdir(parents=True, exist_ok=True)
         self.parts = Path(f"{self.out_prefix}.parts")
         self.encoder, self.chunk_size = encoder, chunk_size
-        self.sha = sha256_file(descriptions_path)
+        self.sha = sha256_file(self.descriptions_path)
         self.state = {"model": encoder.name, "dim": int(encoder.dim), "count": len(self.descs),
                       "chunk_size": chunk_size, "batch_size": batch_size, "descriptions_sha256": self.sha}
         self.n_chunks = (len(self.descs) + chunk_size - 1) // chunk_size
@@ -202,11 +203,11 @@ def encode_chunk(encoder, texts: List[str], batch_size: int, progress=None) -> n
     return emb
 
 
-def run_embed(descriptions_path, out_prefix, encoder, batch_size: int = 256, chunk_size: int = 65536) -> Dict:
+def run_embed(descriptions, out_prefix, encoder, batch_size: int = 256, chunk_size: int = 65536) -> Dict:
     """Encodes in chunks of `chunk_size` descriptions, each saved under PREFIX.parts/ as it completes,
     so an interrupted run resumes at the first missing chunk; the chunks are then assembled into
     PREFIX.npy on disk (memory stays bounded) and the parts removed."""
-    job = ChunkedEmbedding(descriptions_path, out_prefix, encoder, batch_size, chunk_size)
+    job = ChunkedEmbedding(descriptions, out_prefix, encoder, batch_size, chunk_size)
     meta = job.finished_meta()
     if meta is not None:
         return meta

@@ -15,7 +15,7 @@ import numpy as np
 
 from .describe import meta_path
 from .descriptions import DescriptionSet
-from .io_utils import atomic_path, npy_writer, save_npy_atomic, write_json_atomic
+from .io_utils import atomic_path, npy_writer, read_jsonl, save_npy_atomic, text_lines, write_json_atomic
 
 
 def _torch_load(path):
@@ -39,11 +39,9 @@ def read_description_set(path, fmt: str = "auto") -> Dict[int, Dict]:
             raise ValueError(f"{path}: expected a torch-saved list of strings, got {type(data).__name__}")
         return {i: {"description": t} for i, t in enumerate(data)}
     if fmt == "jsonl":
-        from .io_utils import read_jsonl
         rows = read_jsonl(path)
     elif fmt == "csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+        rows = list(csv.DictReader(text_lines(path)))  # lines with their ends, as open(newline="") gives csv
     else:
         raise ValueError(f"unknown description format {fmt!r} (auto|torch-list|jsonl|csv)")
     for n, r in enumerate(rows, 1):

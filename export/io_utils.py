@@ -42,19 +42,63 @@ def npy_writer(path, shape: Tuple[int, ...]):
             del out  # closes the memmap before the rename or removal
 
 
-def read_jsonl(path) -> Iterator[Dict]:
-    """Yields records; a torn last line (an interrupted write) is ignored, any other bad line is an error."""
+def numbered_lines(path) -> Iterator[Tuple[int, int, bytes]]:
+    """(line number from 1, byte offset, bytes) of each line, streamed: description files of ImageNet are large."""
+    with open(path, "rb") as f:
+        pos = 0
+        for n, line in enumerate(f, 1):
+            yield n, pos, line
+            pos += len(line)
+
+
+def decode_line(path, n: int, line: bytes) -> str:
+    """Line n of `path` as text. Decoded line by line (not by the file object) so that a byte that is not
+    UTF-8 is reported with its file and line, as a line that is not JSON is."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}:{n}: not valid UTF-8 ({e})") from None
+    return text.removeprefix("\ufeff") if n == 1 else text  # a byte-order mark (some editors write one) is no data
+
+
+def text_lines(path) -> Iterator[str]:
+    """Each line's text (for csv), undecodable bytes reported with their line (decode_line)."""
+    for n, _, line in numbered_lines(path):
+        yield decode_line(path, n, line)
+
+
+def _record(path, n: int, line: bytes) -> Dict:
+    text = decode_line(path, n, line)
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
+    if not isinstance(record, dict):  # `3`, a list: valid JSON, but no record's fields to read
+        raise ValueError(f"{path}:{n}: a JSON {type(record).__name__}, not an object with a record's fields")
+    return record
+
+
+def jsonl_records(path) -> Iterator[Tuple[int, int, Dict]]:
+    """(line number, byte offset, record) of each non-blank line: the one reader of descriptions files (and
+    of the other JSONL files). A torn last line (an interrupted write, possibly cut inside a character) is
+    ignored; any other line that is not UTF-8 JSON is an error naming the file and the line."""
     path = Path(path)
-    with open(path, "r", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):  # streamed: description files of ImageNet are large
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as e:
-                if not line.endswith("\n"):  # only the last line can lack it
-                    return  # torn tail from an interrupted run: resume will rewrite it
-                raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
+    for n, start, line in numbered_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = _record(path, n, line)
+        except ValueError:
+            if not line.endswith(b"\n"):  # only the last line can lack it
+                return  # torn tail from an interrupted run: resume will rewrite it
+            raise
+        yield n, start, record
+
+
+def read_jsonl(path) -> Iterator[Dict]:
+    """Yields the records of jsonl_records."""
+    for _, _, record in jsonl_records(path):
+        yield record
 
 
 def truncate_torn_tail(path) -> None:

@@ -23,7 +23,7 @@ from .desc_cache import DescriptionCache, describer_identity, open_cache
 from .describe import description_line, describe_batch, open_output, skipped_line, skipped_path
 from .describers import create_describer, describer_info, load_plugins
 from .io_utils import atomic_path, read_jsonl, write_json_atomic
-from .ray_engine import BlockWorker, RayOptions, import_ray, run_blocks
+from .ray_engine import BlockWorker, RayOptions, cluster, import_ray, run_blocks
 
 
 def parts_dir(out_path) -> Path:
@@ -89,8 +89,6 @@ def run_describe_ray(source, backend: str, describer_kwargs: Dict, plugins: List
     if parts.exists() and _read_json(parts / "state.json") != state:
         print(f"describe: {parts} was made for another source, describer or block size; starting over", file=sys.stderr)
         shutil.rmtree(parts)
-    parts.mkdir(exist_ok=True)
-    write_json_atomic(parts / "state.json", state)
 
     blocks = {block_key(b): b for b in (list(indices[p:p + block_size]) for p in range(0, len(indices), block_size))}
     kept = [k for k in blocks if (parts / f"{k}.json").exists()]
@@ -101,21 +99,25 @@ def run_describe_ray(source, backend: str, describer_kwargs: Dict, plugins: List
              "cached": 0, "total": len(indices), "engine": "ray", "blocks": len(blocks), "blocks_kept": len(kept),
              "blocks_described": len(todo), "workers": 0}
     if todo:
-        cache = open_cache(cache_path)
-        with tqdm(total=len(indices), initial=stats["skipped"], desc="describe", unit="img") as bar:
-            def on_result(key: str, result: Dict) -> None:
-                write_json_atomic(parts / f"{key}.json", {"rows": result["rows"], "unreadable": result["unreadable"]})
-                if cache is not None and result["new_cache"]:
-                    cache.put_many(result["new_cache"].items())
-                stats["written"] += len(result["rows"])
-                stats["cached"] += result["cached"]
-                bar.update(len(result["rows"]) + len(result["unreadable"]))
+        with cluster(opts) as ray:  # joined before anything is written: a wrong address leaves no part
+            parts.mkdir(exist_ok=True)
+            write_json_atomic(parts / "state.json", state)
+            cache = open_cache(cache_path)
+            with tqdm(total=len(indices), initial=stats["skipped"], desc="describe", unit="img") as bar:
+                def on_result(key: str, result: Dict) -> None:
+                    write_json_atomic(parts / f"{key}.json", {"rows": result["rows"],
+                                                              "unreadable": result["unreadable"]})
+                    if cache is not None and result["new_cache"]:
+                        cache.put_many(result["new_cache"].items())
+                    stats["written"] += len(result["rows"])
+                    stats["cached"] += result["cached"]
+                    bar.update(len(result["rows"]) + len(result["unreadable"]))
 
-            worker_kwargs = dict(source=source, backend=backend, describer_kwargs=describer_kwargs, plugins=plugins,
-                                 batch_size=batch_size, skip_bad=skip_bad,
-                                 cache_path=str(Path(cache.path).resolve()) if cache is not None else None)
-            stats["workers"] = run_blocks(todo, DescribeWorker, worker_kwargs, opts, on_result,
-                                          Path(f"{out_path}.ray_test_actors"))
+                worker_kwargs = dict(source=source, backend=backend, describer_kwargs=describer_kwargs,
+                                     plugins=plugins, batch_size=batch_size, skip_bad=skip_bad,
+                                     cache_path=str(Path(cache.path).resolve()) if cache is not None else None)
+                stats["workers"] = run_blocks(ray, todo, DescribeWorker, worker_kwargs, opts, on_result,
+                                              Path(f"{out_path}.ray_test_actors"))
     if kept or todo:
         _assemble(out_path, [parts / f"{k}.json" for k in blocks], finished)
     shutil.rmtree(parts, ignore_errors=True)

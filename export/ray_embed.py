@@ -11,8 +11,9 @@ from typing import Dict
 
 from tqdm import tqdm
 
+from .descriptions import DescriptionSet
 from .embed import ChunkedEmbedding, create_encoder, encode_chunk
-from .ray_engine import BlockWorker, RayOptions, import_ray, run_blocks
+from .ray_engine import BlockWorker, RayOptions, cluster, import_ray, run_blocks
 
 
 class EmbedWorker(BlockWorker):
@@ -27,19 +28,21 @@ class EmbedWorker(BlockWorker):
 def run_embed_ray(descriptions_path, out_prefix, backend: str, model: str, device: str, batch_size: int,
                   chunk_size: int, opts: RayOptions) -> Dict:
     import_ray()  # without Ray: one line saying what to install, before anything is loaded or written
-    identity = create_encoder(backend, model, "cpu")
-    job = ChunkedEmbedding(descriptions_path, out_prefix, identity, batch_size, chunk_size)
+    descs = DescriptionSet(descriptions_path)  # a bad file is told before the encoder loads
+    job = ChunkedEmbedding(descs, out_prefix, create_encoder(backend, model, "cpu"), batch_size, chunk_size)
     meta = job.finished_meta()
     if meta is not None:
         return meta
-    job.open()
-    blocks = [{"key": k, "texts": job.texts(k)} for k in job.missing()]
-    if blocks:
-        with tqdm(total=len(job.descs), initial=job.done_count(), desc="embed", unit="text") as bar:
-            def on_result(k: int, emb) -> None:
-                job.save(k, emb)
-                bar.update(len(emb))
+    with cluster(opts) as ray:  # joined before PREFIX.parts/ is written: a wrong address leaves none
+        job.open()
+        blocks = [{"key": k, "texts": job.texts(k)} for k in job.missing()]
+        if blocks:
+            with tqdm(total=len(job.descs), initial=job.done_count(), desc="embed", unit="text") as bar:
+                def on_result(k: int, emb) -> None:
+                    job.save(k, emb)
+                    bar.update(len(emb))
 
-            run_blocks(blocks, EmbedWorker, dict(backend=backend, model=model, device=device, batch_size=batch_size),
-                       opts, on_result, Path(f"{out_prefix}.ray_test_actors"))
+                run_blocks(ray, blocks, EmbedWorker, dict(backend=backend, model=model, device=device,
+                                                          batch_size=batch_size),
+                           opts, on_result, Path(f"{out_prefix}.ray_test_actors"))
     return job.assemble()

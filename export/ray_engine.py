@@ -12,12 +12,22 @@ slow one holds back one block, not a queue. Errors in the data (an undecodable i
 on an image, a model that does not load) come back as results, and the driver raises them as the
 one-process path does: the same one-line message, exit 2.
 
+The head: given an address (--address, RAY_ADDRESS), the driver first waits up to --connect-timeout for
+its port to accept a connection, and joining must then end within as long again; while the blocks run, it
+tries the port every second and, after --connect-timeout without an answer, ends with one line: the
+address, the parts kept, the command that continues. Ray's own client would wait for minutes at the start,
+and end the driver after 60 s mid-run, with neither the address nor what was kept.
+
 Ray is imported here only, and only by `--engine ray`.
 """
+import contextlib
 import logging
 import os
 import pickle
 import shutil
+import socket
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +40,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 TEST_DELAY_ENV = "GPT4IMAGE_RAY_TEST_DELAY"
 # a worker's failure that is about the data or the arguments (reported like the one-process path)
 DATA_ERRORS = (ValueError, KeyError, IndexError, FileNotFoundError)
+CONNECT_TIMEOUT = 30.0  # seconds: --connect-timeout's default
+# Ray ends a driver whose head has not answered for 60 s (gcs_rpc_server_reconnect_timeout_s): a loss is
+# declared before that, whatever --connect-timeout says
+LOST_AFTER_MAX = 45.0
 
 
 @dataclass
@@ -38,6 +52,9 @@ class RayOptions:
     workers: Optional[int] = None  # None: every GPU (or every CPU slot when the cluster has no GPU)
     num_gpus_per_worker: Optional[float] = None  # None: 1 when the cluster has GPUs, else 0
     num_cpus_per_worker: float = 1.0
+    connect_timeout: float = CONNECT_TIMEOUT  # to reach the head at the start, and again when it stops answering
+    # for the line that reports a lost cluster: what is kept and the command that continues (the CLI's)
+    kept: Callable[[], str] = lambda: "run the command again once the cluster is back"
 
 
 def import_ray():
@@ -48,6 +65,113 @@ def import_ray():
         raise ValueError(f"--engine ray needs Ray Data: pip install 'ms_gpt4image[ray]' (or 'ray[data]') "
                          f"[{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}]") from None
     return ray
+
+
+def head_of(address: Optional[str]) -> Optional[Tuple[str, int]]:
+    """(host, port) of the head at `address` (HOST:PORT, ray://HOST:PORT); None where Ray looks for a
+    cluster on this host itself ('auto', no address) or the address has no port."""
+    if not address or address in ("auto", "local"):
+        return None
+    host, _, port = address.split("://")[-1].rpartition(":")
+    return (host.strip("[]"), int(port)) if host and port.isdigit() else None
+
+
+def answers(head: Tuple[str, int], timeout: float) -> bool:
+    """Whether the head's port accepts a TCP connection within `timeout` seconds."""
+    try:
+        with socket.create_connection(head, timeout=timeout):
+            return True
+    except OSError:  # refused, unreachable, timed out, unknown host
+        return False
+
+
+def unreachable(address: str, head: Tuple[str, int], seconds: float) -> str:
+    return (f"could not join a Ray cluster at {address} within {seconds:g} s: check that its head is running "
+            f"(`ray start --head --port={head[1]}` on {head[0]}; `ray status` there), that {head[1]} is the port "
+            f"given to `ray start` (not the dashboard's), and that no firewall blocks it; --connect-timeout SECONDS "
+            f"waits longer")
+
+
+def wait_for_head(address: str, head: Tuple[str, int], seconds: float) -> None:
+    """Returns once the head's port accepts a connection (a head still starting is waited for); after
+    `seconds`, a ValueError that names the address and what to check."""
+    deadline = time.monotonic() + seconds
+    while not answers(head, min(2.0, max(0.1, deadline - time.monotonic()))):
+        if time.monotonic() >= deadline:
+            raise ValueError(unreachable(address, head, seconds))
+        time.sleep(0.25)
+
+
+def fail_now(message: str) -> None:
+    """'error: MESSAGE' and exit 2 at once, from any thread: Ray's client blocks on a head that does not
+    answer (ray.init retries for minutes; Ray Data's cleanup after an exception waits on the head too), so
+    no exception would get out in time. The driver's files are whole (parts are renamed into place), as
+    after a SIGKILL, which a rerun resumes."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    os._exit(2)
+
+
+@contextlib.contextmanager
+def exit_after(seconds: float, message: str):
+    """fail_now(message) unless the block ends within `seconds`."""
+    done = threading.Event()
+
+    def expire():
+        if not done.wait(seconds):
+            fail_now(message)
+
+    threading.Thread(target=expire, daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
+class HeadWatch:
+    """While the blocks run: the head's port is tried every second; after `seconds` without an answer,
+    fail_now(message()) (on a line of its own, after the progress bar)."""
+
+    def __init__(self, head: Tuple[str, int], seconds: float, message: Callable[[], str]):
+        self.head, self.seconds, self.message = head, seconds, message
+        self.stop = threading.Event()
+
+    def _watch(self) -> None:
+        answered = time.monotonic()
+        while not self.stop.wait(1.0):
+            if answers(self.head, 1.0):
+                answered = time.monotonic()
+            elif time.monotonic() - answered >= self.seconds:
+                sys.stderr.write("\n")
+                fail_now(self.message())
+
+    def __enter__(self):
+        threading.Thread(target=self._watch, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+
+
+@contextlib.contextmanager
+def cluster(opts: RayOptions):
+    """Ray joined for the block and left after it. With the head's address known: joined within
+    opts.connect_timeout (twice: the port, then Ray's handshake), and watched meanwhile (HeadWatch)."""
+    address = opts.address or os.environ.get("RAY_ADDRESS")  # the one ray.init joins
+    head = head_of(address)
+    if head is None:  # Ray finds or starts a cluster on this host: no address to wait for or watch
+        ray, watch = connect(opts.address), contextlib.nullcontext()
+    else:
+        wait_for_head(address, head, opts.connect_timeout)
+        with exit_after(opts.connect_timeout, unreachable(address, head, opts.connect_timeout)):
+            ray = connect(opts.address)
+        seconds = min(opts.connect_timeout, LOST_AFTER_MAX)
+        watch = HeadWatch(head, seconds, lambda: f"lost the Ray cluster at {address}: its head has not answered "
+                                                 f"for {seconds:g} s (stopped, or the network is down); {opts.kept()}")
+    try:
+        with watch:
+            yield ray
+    finally:
+        ray.shutdown()  # ends this job: its actors go, the cluster stays
 
 
 def connect(address: Optional[str]):
@@ -143,25 +267,21 @@ class BlockWorker:
         return {"result": out}
 
 
-def run_blocks(blocks: List[Dict], worker: type, worker_kwargs: Dict, opts: RayOptions,
+def run_blocks(ray, blocks: List[Dict], worker: type, worker_kwargs: Dict, opts: RayOptions,
                on_result: Callable, claim_dir: Path) -> int:
-    """Sends every block (a dict with a "key") through a pool of `worker` actors and calls
-    on_result(key, result) in the driver as each finishes (completion order); a data error raised
-    by a worker is raised here. Returns the number of workers."""
-    ray = connect(opts.address)
-    try:
-        workers, gpus = pool_size(ray.cluster_resources(), opts)
-        ds = ray.data.from_items([{"payload": pickle.dumps(b)} for b in blocks], override_num_blocks=len(blocks))
-        ds = ds.map_batches(
-            worker, batch_size=1, fn_constructor_kwargs=dict(delay=test_delay(claim_dir), **worker_kwargs),
-            compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
-            num_gpus=gpus, num_cpus=opts.num_cpus_per_worker)
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for payload in batch["result"]:
-                key, result = pickle.loads(payload)
-                if isinstance(result, Exception):
-                    raise result
-                on_result(key, result)
-        return workers
-    finally:
-        ray.shutdown()  # ends this job: its actors go, the cluster stays
+    """Sends every block (a dict with a "key") through a pool of `worker` actors on the cluster joined by
+    `ray` (cluster()) and calls on_result(key, result) in the driver as each finishes (completion order);
+    a data error raised by a worker is raised here. Returns the number of workers."""
+    workers, gpus = pool_size(ray.cluster_resources(), opts)
+    ds = ray.data.from_items([{"payload": pickle.dumps(b)} for b in blocks], override_num_blocks=len(blocks))
+    ds = ds.map_batches(
+        worker, batch_size=1, fn_constructor_kwargs=dict(delay=test_delay(claim_dir), **worker_kwargs),
+        compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
+        num_gpus=gpus, num_cpus=opts.num_cpus_per_worker)
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for payload in batch["result"]:
+            key, result = pickle.loads(payload)
+            if isinstance(result, Exception):
+                raise result
+            on_result(key, result)
+    return workers

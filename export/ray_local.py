@@ -26,6 +26,9 @@ from typing import Dict, Iterator, List, Optional
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
 
 
+_HEADS: Dict[str, int] = {}  # address -> the session (pid of its `ray start`) of each running local_cluster
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -67,6 +70,7 @@ def local_cluster(num_cpus: int = 2, env: Optional[Dict[str, str]] = None, cwd=N
     LOOPBACK_ENV."""
     temp = tempfile.mkdtemp(prefix="ray_t_", dir="/tmp")  # short: Ray's unix sockets live under it
     port = free_port()
+    address = f"127.0.0.1:{port}"
     ports = [f"--{name}={free_port()}" for name in (
         "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
         "metrics-export-port", "node-manager-port", "object-manager-port")]
@@ -83,8 +87,15 @@ def local_cluster(num_cpus: int = 2, env: Optional[Dict[str, str]] = None, cwd=N
             if head.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"ray start failed:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.2)
-        yield f"127.0.0.1:{port}"
+        _HEADS[address] = head.pid
+        yield address
     finally:
+        _HEADS.pop(address, None)
         kill_session(head.pid)
         head.wait(timeout=30)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def kill_cluster(address: str) -> None:
+    """Ends a local_cluster at once, head and workers, as a crashed host would (the driver is not in its session)."""
+    kill_session(_HEADS[address])

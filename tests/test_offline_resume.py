@@ -108,6 +108,46 @@ def test_description_set_streams_sorted_last_wins_and_torn_tail(tmp_path):
     p.write_text('{"index": 1, "label": 0, "description": "x"}\nnot json\n{"index": 2}\n')
     with pytest.raises(ValueError, match="d.jsonl:2: not valid JSON"):
         DescriptionSet(p)
+    p.write_text('{"index": 1, "label": 0, "description": "x"}\n3\n')  # JSON, but not a record
+    with pytest.raises(ValueError, match="d.jsonl:2: a JSON int, not an object"):
+        DescriptionSet(p)
+    # a write interrupted inside a character: a torn tail like any other
+    p.write_bytes(b'{"index": 1, "label": 0, "description": "x"}\n{"index": 2, "label": 0, "description": "caf\xc3')
+    assert DescriptionSet(p).indices.tolist() == [1]
+
+
+# every command that reads a descriptions file, given the folder that holds it (bad.jsonl, bad.csv) and the source
+READERS = {
+    "embed": lambda d, root: ["embed", "--descriptions", d / "bad.jsonl", "--out", d / "new_emb"],
+    "pack": lambda d, root: ["pack", "--root", root, "--descriptions", d / "bad.jsonl", "--embeddings", d / "emb",
+                             "--out", d / "data"],
+    "inspect": lambda d, root: ["inspect", "--descriptions", d / "bad.jsonl", "--embeddings", d / "emb",
+                                "--out", d / "report"],
+    "merge": lambda d, root: ["merge", d / "good.jsonl", d / "bad.jsonl", "--out", d / "merged.jsonl"],
+    "import-descriptions": lambda d, root: ["import-descriptions", "--root", root, "--src", d / "bad.jsonl",
+                                            "--out", d / "imported.jsonl"],
+    "import-descriptions csv": lambda d, root: ["import-descriptions", "--root", root, "--src", d / "bad.csv",
+                                                "--out", d / "imported.jsonl"],
+}
+
+
+@pytest.mark.parametrize("command", READERS)
+def test_a_byte_that_is_not_utf8_is_named_with_its_file_and_line(command, idx_root, tmp_path):
+    lines = [json.dumps({"index": i, "label": 0, "description": f"image {i}"}).encode() + b"\n" for i in range(3)]
+    lines[2] = lines[2].replace(b"image 2", b"image \xff2")  # line 3: not UTF-8
+    (tmp_path / "bad.jsonl").write_bytes(b"".join(lines))
+    (tmp_path / "bad.csv").write_bytes(b"index,description\n0,image 0\n1,image \xff1\n")  # line 3 too
+    (tmp_path / "good.jsonl").write_text(json.dumps({"index": 5, "label": 0, "description": "image 5"}) + "\n")
+    np.save(tmp_path / "emb.npy", np.eye(3, 4, dtype=np.float32))
+    np.save(tmp_path / "emb.index.npy", np.arange(3))
+    (tmp_path / "emb.meta.json").write_text(json.dumps({"model": "m", "dim": 4, "count": 3}))
+    before = sorted(tmp_path.rglob("*"))
+    p = run_cli("-m", "export", *READERS[command](tmp_path, idx_root), check=False)
+    where = tmp_path / ("bad.csv" if command.endswith("csv") else "bad.jsonl")
+    col = where.read_bytes().splitlines()[2].index(b"\xff")  # in the line, not the file
+    assert p.returncode == 2 and p.stderr == (f"error: {where}:3: not valid UTF-8 ('utf-8' codec can't decode byte "
+                                              f"0xff in position {col}: invalid start byte)\n"), p.stderr
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written, not even a folder
 
 
 class HashEncoder:

@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 from PIL import Image
 
 from conftest import CLI_ENV, ROOT, run_cli
-from export.ray_local import local_cluster
+from export.ray_local import free_port, kill_cluster, local_cluster
 from test_reproduce import reproduce, write_cifar10
 
 DELAY = "GPT4IMAGE_RAY_TEST_DELAY"  # export/ray_engine.py's test-only delay
@@ -68,6 +69,29 @@ def parts_of(out):
     return sorted(p.name for p in Path(f"{out}.parts").glob("*-*.json"))
 
 
+def stopped_mid_run(args, log, stop, parts=2):
+    """Runs describe ARGS (every actor sleeping 0.4 s a block), calls stop(driver) once `parts` parts are
+    written; returns the exit code and the seconds from the stop to the exit."""
+    out = args[args.index("--out") + 1]
+    driver = start(args, log, dict(CLI_ENV, **{DELAY: "0.4"}))
+    try:
+        wait_for(lambda: len(parts_of(out)) >= parts, driver, log)
+        stop(driver)
+        t0 = time.monotonic()
+        return driver.wait(timeout=60), time.monotonic() - t0
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+
+
+def resume_printed(line, replace=()):
+    """Runs the command a one-line message ends with (`replace`: (flag, new value) pairs); its stats."""
+    cmd = shlex.split(line[line.index("python -m export "):])
+    for flag, value in replace:
+        cmd[cmd.index(flag) + 1] = value
+    return stats(describe(*cmd[4:]))
+
+
 @pytest.fixture(scope="module")
 def reference(idx_root, tmp_path_factory):
     """One process, template backend, the first 96 images: the bytes every Ray run must reproduce."""
@@ -90,6 +114,32 @@ def test_without_ray_the_flag_says_what_to_install(idx_root, tmp_path):
     assert not list(tmp_path.iterdir())  # nothing written
     # the default engine never imports Ray
     run_cli("-c", code, "describe", "--root", idx_root, "--limit", 3, "--out", tmp_path / "d.jsonl")
+
+
+def test_no_cluster_at_the_address_is_one_line_within_the_limit(idx_root, tmp_path):
+    """A port where nothing listens, and one that accepts connections but is no Ray head (as the dashboard's
+    would): each ends within --connect-timeout with one line naming the address, exit 2, no part written.
+    (Ray alone waits for minutes.)"""
+    (tmp_path / "d.jsonl").write_text(json.dumps({"index": 0, "label": 0, "description": "a shoe"}) + "\n")
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        cases = [("describe", f"127.0.0.1:{free_port()}"), ("describe", f"127.0.0.1:{other.getsockname()[1]}"),
+                 ("embed", f"127.0.0.1:{free_port()}")]
+        for k, (cmd, addr) in enumerate(cases):
+            out = tmp_path / str(k) / "out"
+            args = ["--root", idx_root] if cmd == "describe" else ["--descriptions", tmp_path / "d.jsonl"]
+            t0 = time.monotonic()
+            p = run_cli("-m", "export", cmd, *args, "--engine", "ray", "--address", addr, "--connect-timeout", 1,
+                        "--out", out, check=False)
+            elapsed = time.monotonic() - t0
+            line = last_line(p.stderr)
+            assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-3000:]
+            assert line.startswith(f"error: could not join a Ray cluster at {addr} within 1 s: check that its head "
+                                   f"is running (`ray start --head --port={addr.split(':')[1]}` on 127.0.0.1"), line
+            assert cmd == "embed" or p.stderr.count("\n") == 1, p.stderr  # embed: the encoder's loading bar too
+            assert elapsed < 20, (cmd, addr, elapsed)  # the process's start and imports included
+            assert not Path(f"{out}.parts").exists() and not (tmp_path / str(k) / "describe_cache.sqlite").exists()
 
 
 def test_template_same_bytes_and_meta_as_one_process_and_the_cache_is_shared(address, idx_root, reference, tmp_path):
@@ -115,14 +165,7 @@ def test_template_same_bytes_and_meta_as_one_process_and_the_cache_is_shared(add
 def test_killed_driver_resumes_without_redoing_finished_blocks(address, idx_root, reference, tmp_path):
     out = tmp_path / "d.jsonl"
     args = ["--root", idx_root, *SRC, "--engine", "ray", "--address", address, "--out", out]
-    driver = start(args, tmp_path / "log", dict(CLI_ENV, **{DELAY: "0.4"}))
-    try:
-        wait_for(lambda: len(parts_of(out)) >= 3, driver, tmp_path / "log")
-        driver.kill()  # SIGKILL: no cleanup at all
-        driver.wait(timeout=30)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
+    stopped_mid_run(args, tmp_path / "log", lambda driver: driver.kill(), parts=3)  # SIGKILL: no cleanup at all
     kept = parts_of(out)
     assert 3 <= len(kept) < 12 and not out.exists()
     s = stats(describe(*args))
@@ -150,23 +193,35 @@ def test_killed_actor_is_replaced_and_its_block_retried(address, idx_root, refer
 
 def test_ctrl_c_keeps_finished_blocks_and_the_printed_command_continues(address, idx_root, reference, tmp_path):
     out = tmp_path / "d.jsonl"
-    driver = start(["--root", idx_root, *SRC, "--engine", "ray", "--address", address, "--out", out],
-                   tmp_path / "log", dict(CLI_ENV, **{DELAY: "0.4"}))
-    try:
-        wait_for(lambda: len(parts_of(out)) >= 2, driver, tmp_path / "log")
-        driver.send_signal(signal.SIGINT)
-        code = driver.wait(timeout=60)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
+    code, _ = stopped_mid_run(["--root", idx_root, *SRC, "--engine", "ray", "--address", address, "--out", out],
+                              tmp_path / "log", lambda driver: driver.send_signal(signal.SIGINT))
     err = (tmp_path / "log").read_text()
     line = last_line(err)
     kept = len(parts_of(out))
     assert code == 130 and "Traceback" not in err, err[-3000:]
     assert line.startswith(f"interrupted: {kept} of 12 blocks (8 images each) kept in {out}.parts (resumable); "
                            f"continue with: python -m export describe "), line
-    cmd = shlex.split(line[line.index("python -m export "):])
-    s = stats(describe(*cmd[4:]))
+    assert resume_printed(line)["blocks_kept"] == kept and out.read_bytes() == reference.read_bytes()
+
+
+def test_cluster_lost_mid_run_keeps_the_parts_and_the_printed_command_continues(address, idx_root, reference,
+                                                                                 tmp_path):
+    """Head and workers killed at once (a crashed host) while blocks run: within --connect-timeout of the last
+    answer, one line naming the address, the parts kept and the command that continues; exit 2."""
+    out = tmp_path / "d.jsonl"
+    with local_cluster(num_cpus=2, env=CLI_ENV, cwd=ROOT) as lost:
+        # Ray alone ends the driver 60 s after the loss, exit 1, without a word on what was kept
+        code, waited = stopped_mid_run(["--root", idx_root, *SRC, "--engine", "ray", "--address", lost,
+                                        "--connect-timeout", 8, "--out", out], tmp_path / "log",
+                                       lambda driver: kill_cluster(lost))
+    err = (tmp_path / "log").read_text()
+    line = last_line(err)
+    kept = len(parts_of(out))
+    assert code == 2 and "Traceback" not in err and waited < 8 + 6, (code, waited, err[-3000:])
+    assert line.startswith(f"error: lost the Ray cluster at {lost}: its head has not answered for 8 s "), line
+    assert f"; {kept} of 12 blocks (8 images each) kept in {out}.parts (resumable); continue with: " \
+           f"python -m export describe " in line and 2 <= kept < 12, line
+    s = resume_printed(line, [("--address", address)])  # the cluster back (here: the module's)
     assert s["blocks_kept"] == kept and out.read_bytes() == reference.read_bytes()
 
 
