@@ -148,7 +148,7 @@ if (( DRY )); then
   [[ $ENGINE == ray ]] && DESCRIBE_EXTRA+=(--block-size 8)  # 5 blocks of 40 images: every worker gets some
   TINY_SET=(--set device_target=CPU --set amp_level=O0 --set loss_scale_type=none --set mode=graph
             --set epoch_size=1 --set warmup_epochs=0 --set batch_size=8 --set eval_batch_size=16 --set num_parallel_workers=1
-            --set "model_kwargs={width: 4}")
+            --set "model_kwargs={width: 4}" --set global_batch=null)  # (the ImageNet recipes' 1024-4096 rows)
   (( TRAIN_DEVICES == 1 )) || usage "--dry-run-tiny trains in one process (--train-devices 1)"
   NOTE="Dry run: tiny random BLIP-2 and CLIP, one epoch of a width-4 ResNet-18 on the CPU; these figures test the chain, not the paper."
   export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -157,7 +157,7 @@ else
 fi
 [[ -n $TARGET ]] && TINY_SET+=(--set "device_target=$TARGET")
 WORK=${WORK:-$PWD/runs/reproduce}
-export GLOG_v=${GLOG_v:-3}   # MindSpore: warnings and errors only
+export GLOG_v=${GLOG_v:-3}   # MindSpore: errors only (2 adds warnings)
 
 SEEDS=(42); for (( i = 1; i < NSEEDS; i++ )); do SEEDS+=("$i"); done
 SEED_CSV=$(IFS=,; echo "${SEEDS[*]}")

@@ -38,6 +38,7 @@ import pytest
 import mindspore as ms
 from mindspore import nn
 
+from ms_gpt4image.batch_layout import apply, resolve
 from ms_gpt4image.config import load_config
 from ms_gpt4image.engine import NetWithLoss, TrainStep
 from ms_gpt4image.train import build_training
@@ -113,7 +114,7 @@ def _deliberate(path: Path):
 
 def _reference_spec(cfg, fam: str, world: int):
     ref = dict(REFERENCES[fam])
-    global_batch = cfg["batch_size"] * world
+    global_batch = resolve(cfg, world).global_batch  # the recipe's global_batch, or batch_size x devices
     if fam == "hiera":
         ref["epochs"], ref["layer_decay"] = HIERA[cfg["model"]]
     ref["peak"] = ref["lr"] * global_batch / ref["lr_batch"] if ref.get("lr_batch") else ref.get("lr")
@@ -153,7 +154,7 @@ def _built(cfg):
                      + [cfg["align"]["projector"], cfg["align"]["mlp_bn"]], sort_keys=True)
     if key not in _BUILT:
         manifest = {"num_classes": cfg["num_classes"] or 10, "embedding": {"dim": 16}}
-        _, step, lr = build_training(cfg, 1, manifest)
+        _, step, lr = build_training(apply(cfg, resolve(cfg, 1)), 1, manifest)  # as train() builds it
         assert list(lr) == build_training_lr(cfg, 1, steps_per_epoch=1)  # what test_lr_schedule checks
         opt = step.optimizer
         at = int(np.argmax(lr))
@@ -216,7 +217,7 @@ def test_lr_schedule(path, cfg, fam, world, reference):
 def ours_peak(cfg, world):
     from ms_gpt4image.distributed import World
     from ms_gpt4image.train import scaled_lr
-    return scaled_lr(cfg, World(size=world, rank=0))
+    return scaled_lr(apply(cfg, resolve(cfg, world)), World(size=world, rank=0))
 
 
 def build_training_lr(cfg, world, steps_per_epoch=SPE):
