@@ -150,6 +150,15 @@ def test_pipeline_per_rank_is_rasamplers_dealing(packed, world):
             assert all(np.abs(a - b).max() > 0 for a, b in itertools.combinations(copies, 2))
 
 
+def test_accumulated_micro_batches_deal_as_one_batch_of_their_rows(packed):
+    """accumulate_steps 2 x batch 3 per rank reads, per update, RASampler's next 6 rows of that rank: the
+    indices of a batch of 6 (the micro-batches are its halves, as a DataLoader's consecutive batches)."""
+    for rank in range(2):
+        _, steps, micro = _epochs(_cfg(packed, "batch_size=3", "accumulate_steps=2"), 1, 2, rank)
+        _, steps_whole, whole = _epochs(_cfg(packed), 1, 2, rank)
+        assert steps == steps_whole and micro[0][0].tolist() == whole[0][0].tolist()
+
+
 def test_fresh_subset_every_epoch_and_the_same_order_after_resume(packed):
     # one worker thread: augment.py's Python ops share Python's `random` between threads, so two threads
     # draw in a racy order (worker processes, below, are reseeded one by one and draw reproducibly)
