@@ -58,4 +58,7 @@ def command_line(prog: str, argv: Optional[Sequence[str]] = None, add: Sequence[
 def interrupted(message: str) -> int:
     """Prints 'interrupted: MESSAGE' as one line on stderr; returns the exit code to use."""
     print(f"\ninterrupted: {message}", file=sys.stderr)
+    # an object the interrupt caught inside its constructor (a progress bar) fails in its finalizer on the
+    # way out, and Python would print that traceback ("Exception ignored in ...") after our line
+    sys.unraisablehook = lambda unraisable: None
     return EXIT_INTERRUPTED
