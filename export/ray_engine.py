@@ -159,7 +159,11 @@ def cluster(opts: RayOptions):
     address = opts.address or os.environ.get("RAY_ADDRESS")  # the one ray.init joins
     head = head_of(address)
     if head is None:  # Ray finds or starts a cluster on this host: no address to wait for or watch
-        ray, watch = connect(opts.address), contextlib.nullcontext()
+        try:
+            ray, watch = connect(opts.address), contextlib.nullcontext()
+        except ConnectionError as e:  # `auto` with no cluster on this host: Ray's first line says so
+            raise ValueError(f"--address {address}: {str(e).strip().splitlines()[0]} (start one with `ray start "
+                             f"--head`, or give the head's HOST:PORT)") from None
     else:
         wait_for_head(address, head, opts.connect_timeout)
         with exit_after(opts.connect_timeout, unreachable(address, head, opts.connect_timeout)):

@@ -294,3 +294,16 @@ def test_reproduce_describes_on_ray_with_the_same_bytes_as_one_process_tiny_blip
     assert got.read_bytes() == ref.read_bytes()
     assert Path(f"{got}.meta.json").read_text() == Path(f"{ref}.meta.json").read_text()
     assert not (tmp_path / "work" / "cifar10" / "describe").exists()  # one Ray run: no shard parts to merge
+
+
+def test_auto_without_a_cluster_is_one_line(monkeypatch):
+    """`--address auto` where no cluster runs on this host: Ray's ConnectionError becomes the CLI's one line
+    (connect is replaced: a real `auto` would find this module's test cluster)."""
+    from export import ray_engine
+
+    def no_cluster(address):
+        raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to.\nmore")
+    monkeypatch.setattr(ray_engine, "connect", no_cluster)
+    with pytest.raises(ValueError, match=r"^--address auto: Could not find any running Ray instance\. .*ray start --head"):
+        with ray_engine.cluster(ray_engine.RayOptions(address="auto")):
+            pass
