@@ -38,12 +38,12 @@ demo-quick: setup data
 demo-hiera: setup data
 	scripts/demo.sh --quick --hiera
 
-# fast tests (the CI default); `make test-all` adds the ones marked slow. Two processes, one test file
+# fast tests (the CI default; the 30 slowest are listed at the end, where to look to make it faster); `make test-all` adds the ones marked slow. Two processes, one test file
 # each at a time (--dist loadfile): run serially, the suite left a core idle half the time (the msrun
 # and Ray tests take free ports and their own temporary folders)
 TEST_JOBS ?= 2
 test: setup
-	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile -m "not slow" tests
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile -m "not slow" --durations=30 tests
 
 test-all: setup
 	$(PY) -m pytest -q tests
