@@ -43,6 +43,18 @@ def run_cli_concurrently(*commands, timeout=900):
     return done
 
 
+def simple_cnn_config(folder: Path, packed: Path, name: str, **keys) -> Path:
+    """folder/NAME.yaml: a width-8 simple_cnn on `packed` (80 training images: 5 steps of 16, 2 epochs),
+    writing to folder/NAME; `keys` override (model_kwargs={"width": 4}, stop_at_epoch=1, ...)."""
+    import yaml
+    cfg = {"data_dir": str(packed / "data"), "output_dir": str(folder / name), "model": "simple_cnn",
+           "model_kwargs": {"width": 8}, "batch_size": 16, "eval_batch_size": 40, "epoch_size": 2,
+           "warmup_epochs": 0, "lr": 0.05, **keys}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
 @pytest.fixture(scope="session")
 def idx_root(tmp_path_factory) -> Path:
     """A Fashion-MNIST-shaped idx dataset: 96 train and 40 test images, written in the test."""

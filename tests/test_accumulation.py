@@ -8,7 +8,7 @@ import pytest
 import mindspore as ms
 import mindspore.nn as nn
 
-from conftest import run_cli, run_cli_concurrently
+from conftest import run_cli, run_cli_concurrently, simple_cnn_config
 from ms_gpt4image.batch_layout import Layout, resolve
 from ms_gpt4image.config import ConfigError, load_config
 from ms_gpt4image.data import PerMicroBatch
@@ -190,19 +190,15 @@ def test_layouts_that_cannot_make_the_global_batch_are_refused():
     assert resolve(_layout_cfg(batch_size=32, accumulate_steps=2, max_device_batch=16), 1) == Layout(1, 16, 4)
 
 
-def _train_cfg(tmp_path, packed, name, extra=""):
-    p = tmp_path / f"{name}.yaml"
-    p.write_text(f"data_dir: {packed / 'data'}\noutput_dir: {tmp_path / name}\nmodel: simple_cnn\n"
-                 "model_kwargs: {width: 4}\nbatch_size: 4\naccumulate_steps: 2\neval_batch_size: 16\nepoch_size: 2\n"
-                 "warmup_epochs: 1\nlr: 0.05\nema: true\nema_decay: 0.9\n" + extra)
-    return p
-
+def _train_cfg(tmp_path, packed, name, **keys):
+    return simple_cnn_config(tmp_path, packed, name, model_kwargs={"width": 4}, batch_size=4, accumulate_steps=2,
+                             eval_batch_size=16, warmup_epochs=1, ema=True, ema_decay=0.9, **keys)
 
 def test_accumulated_training_resumes_as_an_uninterrupted_run(packed, tmp_path):
     """Through the command line: 80 images at 4 x 2 per update = 10 updates an epoch (ConvNeXt: len(loader)
     // update_freq), the lr of each epoch's last update from the per-update schedule, the layout line and
     summary; a run stopped after epoch 1 and resumed logs what the uninterrupted run logs."""
-    full, split = _train_cfg(tmp_path, packed, "full"), _train_cfg(tmp_path, packed, "split", "stop_at_epoch: 1\n")
+    full, split = _train_cfg(tmp_path, packed, "full"), _train_cfg(tmp_path, packed, "split", stop_at_epoch=1)
     done = run_cli_concurrently(("-m", "ms_gpt4image", "train", "-c", full),
                                 ("-m", "ms_gpt4image", "train", "-c", split))
     assert "layout: 1 device(s) x 4 per device x 2 accumulated = global batch 8" in done[0].stdout
@@ -221,7 +217,7 @@ def test_accumulated_training_resumes_as_an_uninterrupted_run(packed, tmp_path):
 
 
 def test_a_layout_that_cannot_be_made_stops_before_anything_is_written(packed, tmp_path):
-    cfg = _train_cfg(tmp_path, packed, "bad", "global_batch: 12\n")  # 12 rows = 3 micro-batches of 4, not 2
+    cfg = _train_cfg(tmp_path, packed, "bad", global_batch=12)  # 12 rows = 3 micro-batches of 4, not 2
     proc = run_cli("-m", "ms_gpt4image", "train", "-c", cfg, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip().splitlines()[-1]]

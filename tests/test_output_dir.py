@@ -10,26 +10,18 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import CLI_ENV, ROOT, run_cli
+from conftest import CLI_ENV, ROOT, run_cli, simple_cnn_config
 from ms_gpt4image.distributed import World
 from ms_gpt4image.run_dir import OutputDirInUse, check_output_dir, describe_run, run_files
 
 RUN_FILES = ["last.ckpt", "best.ckpt", "log.jsonl", "summary.json"]
 
 
-def _cfg(d, packed, name, extra=""):
-    p = d / f"{name}.yaml"
-    p.write_text(f"data_dir: {packed / 'data'}\noutput_dir: {d / name}\nmodel: simple_cnn\n"
-                 "model_kwargs: {width: 8}\nbatch_size: 16\neval_batch_size: 40\nepoch_size: 2\n"
-                 "warmup_epochs: 0\nlr: 0.05\n" + extra)
-    return p
-
-
 @pytest.fixture(scope="module")
 def finished(packed, tmp_path_factory):
     """A finished 2-epoch simple_cnn run: {cfg, run}. Tests copy it before running into it."""
     d = tmp_path_factory.mktemp("finished")
-    cfg = _cfg(d, packed, "run")
+    cfg = simple_cnn_config(d, packed, "run")
     run_cli("-m", "ms_gpt4image", "train", "-c", cfg)
     return {"cfg": cfg, "run": d / "run"}
 
@@ -100,7 +92,7 @@ def test_resume_still_continues_and_contradicts_overwrite(finished, tmp_path):
 
 def test_a_folder_without_a_run_is_no_obstacle(packed, tmp_path):
     """Only a config.yaml (a run that stopped before its first epoch) and a file of the user's: it runs."""
-    cfg = _cfg(tmp_path, packed, "run", "epoch_size: 1\n")
+    cfg = simple_cnn_config(tmp_path, packed, "run", epoch_size=1)
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("model: resnet50\n")

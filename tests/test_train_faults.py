@@ -11,24 +11,16 @@ import time
 
 import pytest
 
-from conftest import CLI_ENV, ROOT, run_cli
+from conftest import CLI_ENV, ROOT, run_cli, simple_cnn_config
 
 EPOCHS, STEPS = 2, 5  # `packed` has 80 training images: 5 steps of 16
-
-
-def _cfg(tmp_path, packed, name, extra=""):
-    p = tmp_path / f"{name}.yaml"
-    p.write_text(f"data_dir: {packed / 'data'}\noutput_dir: {tmp_path / name}\nmodel: simple_cnn\n"
-                 f"model_kwargs: {{width: 8}}\nbatch_size: 16\neval_batch_size: 40\nepoch_size: {EPOCHS}\n"
-                 "warmup_epochs: 0\nlr: 0.05\n" + extra)
-    return p
 
 
 @pytest.fixture(scope="module")
 def finished(packed, tmp_path_factory):
     """A finished 2-epoch run: {cfg, run}. Tests copy it before changing it."""
     d = tmp_path_factory.mktemp("finished")
-    cfg = _cfg(d, packed, "run")
+    cfg = simple_cnn_config(d, packed, "run", epoch_size=EPOCHS)
     run_cli("-m", "ms_gpt4image", "train", "-c", cfg)
     return {"cfg": cfg, "run": d / "run"}
 
@@ -169,7 +161,7 @@ def test_a_failed_log_write_leaves_no_torn_line(finished, tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_run_says_what_it_kept_and_how_to_continue(packed, tmp_path, sig):
-    cfg = _cfg(tmp_path, packed, "long", "epoch_size: 200\n")
+    cfg = simple_cnn_config(tmp_path, packed, "long", epoch_size=200)
     run = tmp_path / "long"
     proc = subprocess.Popen([sys.executable, "-m", "ms_gpt4image", "train", "-c", str(cfg)], cwd=ROOT, env=CLI_ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
