@@ -16,6 +16,7 @@ Without `global_batch` the layout is the config's: batch_size per device, accumu
 and the global batch whatever they and the world size make (the demo's and CIFAR's single-device
 recipes).
 """
+import itertools
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -59,11 +60,11 @@ def _split(devices: int, rows: int, cap: int) -> Layout:
     return Layout(devices, micro, rows // micro)
 
 
-def nearest_layouts(global_batch: int, devices: int, cap: int, count: int = 2) -> List[str]:
-    """Device counts near `devices` that divide `global_batch`, each with its layout."""
-    below = [d for d in range(devices - 1, 0, -1) if global_batch % d == 0][:count // 2 or 1]
-    above = [d for d in range(devices + 1, 2 * devices + 64) if global_batch % d == 0][:count // 2 or 1]
-    return [_split(d, global_batch // d, cap).line() for d in sorted(below + above)]
+def nearest_layouts(global_batch: int, devices: int, cap: int) -> List[str]:
+    """The nearest device counts below and above `devices` that divide `global_batch`, with their layouts."""
+    below = [d for d in range(devices - 1, 0, -1) if global_batch % d == 0][:1]
+    above = [next(d for d in itertools.count(devices + 1) if global_batch % d == 0)]  # global_batch itself at most
+    return [_split(d, global_batch // d, cap).line() for d in below + above]
 
 
 def nearest_global_batches(global_batch: int, devices: int, micro: int) -> List[str]:
@@ -79,18 +80,19 @@ def resolve(cfg: Dict, devices: int) -> Layout:
     """The run's layout on `devices` (module docstring); a ConfigError names what cannot work."""
     layout = _resolve(cfg, devices)
     a = cfg["align"]
-    if layout.micro_batch < 2 and a["lambda"] > 0 and a["loss"] != "cosine" and a["negatives"] == "local":
-        raise ConfigError(f"{layout.line()}: a micro-batch of 1 leaves contrastive alignment (align.loss {a['loss']}) "
-                          f"no negatives; raise max_device_batch or set align.negatives: global")
+    rows = layout.micro_batch if a["negatives"] == "local" else layout.global_batch  # where negatives come from
+    if rows < 2 and a["lambda"] > 0 and a["loss"] != "cosine":
+        raise ConfigError(f"{layout.line()}: contrastive alignment (align.loss {a['loss']}, negatives {a['negatives']}) "
+                          f"sees batches of 1, without negatives; raise global_batch, batch_size or max_device_batch"
+                          + (", or set align.negatives: global" if layout.global_batch > 1 else ""))
     return layout
 
 
 def _resolve(cfg: Dict, devices: int) -> Layout:
     cap, given = _cap(cfg), cfg["accumulate_steps"]
     target = cfg["global_batch"]
-    if target is None:
-        rows = cfg["batch_size"] * (given or 1)
-        return _split(devices, rows, cap) if cfg["max_device_batch"] else Layout(devices, cfg["batch_size"], given or 1)
+    if target is None:  # the config's batch_size x accumulate_steps rows, cut smaller under max_device_batch
+        return _split(devices, cfg["batch_size"] * (given or 1), cap)
     if target % devices:
         raise ConfigError(
             f"global_batch = {target} cannot be split over {devices} device(s): the nearest layouts are "
