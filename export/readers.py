@@ -133,14 +133,24 @@ class ImageFolderSource:
 
     def encoded(self, i: int) -> bytes:
         """The file's own bytes when MindSpore's Decode reads the format; other formats PIL reads
-        (WebP, GIF, ...) are stored as lossless PNG, so training never meets an undecodable image."""
-        img = self.image(i)  # fail here, with the path, rather than at training time
-        with Image.open(self.samples[i][0]) as f:
-            readable = f.format in MINDSPORE_DECODES
-        if not readable:
-            return _png_bytes(np.asarray(img))
-        with open(self.samples[i][0], "rb") as f:
-            return f.read()
+        (WebP, GIF, ...) are stored as lossless PNG, so training never meets an undecodable image.
+        The file is read once and decoded here as a check: a bad image fails now, with its path,
+        rather than at training time."""
+        path = self.samples[i][0]
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            img = Image.open(io.BytesIO(data))
+            if img.format == "JPEG":
+                # libjpeg's 1/8-scale decode still reads every coded byte (a truncated file or a broken
+                # Huffman stream fails as in a full decode) at a fraction of the cost (scripts/bench_pack.py)
+                img.draft(None, (1, 1))
+            img.load()
+        except Exception as e:  # PIL raises several types for corrupt files
+            raise ValueError(f"cannot decode image #{i}: {path} ({e})") from None
+        if img.format in MINDSPORE_DECODES:
+            return data
+        return _png_bytes(np.asarray(img.convert("RGB")))
 
 
 class CifarSource(ArraySource):

@@ -62,6 +62,38 @@ def test_corrupt_image_error_names_path(tmp_path):
         src.encoded(i)
 
 
+def test_cut_jpegs_are_refused_as_a_full_decode_refuses_them(tmp_path):
+    """pack checks a JPEG with libjpeg's 1/8-scale decode (readers.ImageFolderSource.encoded): a file cut
+    anywhere, progressive or not, is refused exactly where a full decode refuses it (a cut in the middle
+    always), and an accepted file is stored byte for byte."""
+    import io
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray((rng.random((60, 80, 3)) * 255).astype(np.uint8))
+    (tmp_path / "cat").mkdir()
+    full_decode_ok = {}
+    for progressive in (False, True):
+        buf = io.BytesIO()
+        photo.save(buf, "JPEG", quality=90, progressive=progressive)
+        whole = buf.getvalue()
+        for cut in (len(whole), len(whole) - 2, len(whole) - 40, len(whole) // 2, 300):
+            name = f"p{int(progressive)}_{cut}.jpg"
+            (tmp_path / "cat" / name).write_bytes(whole[:cut])
+            try:
+                Image.open(io.BytesIO(whole[:cut])).load()
+                full_decode_ok[name] = True
+            except OSError:
+                full_decode_ok[name] = False
+            assert full_decode_ok[name] == (cut == len(whole)) or cut == len(whole) - 2, name
+    src = ImageFolderSource(tmp_path)
+    for i in range(len(src)):
+        name = src.path(i).rsplit("/", 1)[1]
+        if full_decode_ok[name]:
+            assert src.encoded(i) == (tmp_path / "cat" / name).read_bytes()
+        else:
+            with pytest.raises(ValueError, match=f"cannot decode image #{i}: .*{name}"):
+                src.encoded(i)
+
+
 def test_empty_class_folders_are_refused_by_name(tmp_path):
     _folder(tmp_path, {"cat": ["a.png"], "dog": [], "emu": [], "fox": ["b.png"]})
     (tmp_path / "emu" / "readme.txt").write_text("only a non-image file")
