@@ -16,18 +16,47 @@ def test_shipped_configs_parse(path):
     assert cfg["model"] in list_backbones()
 
 
+SIZES = ("tiny", "small", "base", "base_plus", "large", "huge")
+
+
+def _family_and_size(model: str):
+    """convnext_base -> ("convnext", 2), hiera_tiny_224 -> ("hiera", 0); other names are their own family."""
+    for rank, size in sorted(enumerate(SIZES), key=lambda s: -len(s[1])):
+        for suffix in (f"_{size}", f"_{size}_224"):
+            if model.endswith(suffix):
+                return model[:-len(suffix)], rank
+    return model, 0
+
+
 def _structure(cfg):
-    """What changes the built graph or pipeline (not lambda or tau values, paths, or drop-path rates)."""
-    keys = ("model", "transforms", "opt", "ema", "loss_scale_type", "auto_augment", "weight_decay_filter", "layer_decay")
-    return tuple(str(cfg[k]) for k in keys) + (cfg["mixup"] > 0, cfg["align"]["loss"], cfg["align"]["projector"],
-                                              cfg["align"]["mlp_bn"])
+    """What changes the built graph or pipeline: not lambda, tau or layer-decay values, paths, drop-path rates,
+    or the size of a model family (ConvNeXt-T/S/B are one code path at other widths and depths; every
+    registered backbone gets its own graph-mode step in tests/test_models.py, and every config's optimizer
+    groups are built in tests/test_fidelity_schedule.py)."""
+    keys = ("transforms", "opt", "ema", "loss_scale_type", "auto_augment", "weight_decay_filter")
+    return (_family_and_size(cfg["model"])[0],) + tuple(str(cfg[k]) for k in keys) + (
+        cfg["layer_decay"] is not None, cfg["mixup"] > 0, cfg["align"]["loss"], cfg["align"]["projector"],
+        cfg["align"]["mlp_bn"])
 
 
 def _one_per_structure():
+    """The config with the smallest model of each structure (the first by path among equals)."""
     chosen = {}
     for path in CONFIGS:
-        chosen.setdefault(_structure(load_config(str(path))), path)
-    return sorted(chosen.values())
+        cfg = load_config(str(path))
+        key, size = _structure(cfg), _family_and_size(cfg["model"])[1]
+        if key not in chosen or size < chosen[key][0]:
+            chosen[key] = (size, path)
+    return sorted(path for _, path in chosen.values())
+
+
+def test_structures_group_configs_by_model_family():
+    assert _family_and_size("convnext_base") == ("convnext", 2)
+    assert _family_and_size("hiera_base_plus_224") == ("hiera", 3) and _family_and_size("hiera_tiny_224") == ("hiera", 0)
+    assert _family_and_size("resnet18_cifar") == ("resnet18_cifar", 0) and _family_and_size("resnet50")[0] == "resnet50"
+    chosen = [str(p.relative_to(CONFIG_DIR)) for p in _one_per_structure()]
+    assert "imagenet_convnext_tiny.yaml" in chosen and "imagenet_hiera_tiny.yaml" in chosen  # the smallest stands in
+    assert "imagenet_deit_base_authors.yaml" in chosen  # its own structure (CLIP loss, MLP projector without BN)
 
 
 @pytest.mark.parametrize("path", _one_per_structure(), ids=lambda p: str(p.relative_to(CONFIG_DIR)))
