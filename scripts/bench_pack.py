@@ -9,7 +9,8 @@ Each round runs, each as a whole command in its own process (interpreter start a
   pack          python -m export pack --source imagefolder ... --eval-limit 1: the train split (index, label,
                 image bytes, 384-d text embedding, description) + 1 eval image, the manifest with sha256 per file
   ImageNetToMR  python -c "ImageNetToMR(map_file, train dir, out, 1).transform()": label, image bytes, file name
---before REV adds pack with export/pack.py as at git revision REV (the rest of this checkout as it is).
+--before REV adds pack with export/pack.py and export/readers.py as at git revision REV (the rest of this checkout
+as it is).
 Rounds are interleaved (pack at REV, pack, ImageNetToMR, pack at REV, ...). Reported: images/s of each (train images / wall
 seconds), every round, the median, the spread (max/min), and pack / ImageNetToMR per round and its median.
 --profile also writes a cProfile of one pack run (in-process) to WORK/pack.prof and prints its top lines.
@@ -70,14 +71,15 @@ def pack_args(work: Path, root: Path, out: Path):
 
 
 def before_tree(work: Path, rev: str) -> Path:
-    """A copy of this checkout's export/ and ms_gpt4image/ with export/pack.py as it is at `rev`."""
+    """A copy of this checkout's export/ and ms_gpt4image/ with export/pack.py and readers.py as at `rev`."""
     import shutil
     tree = work / f"tree_{rev}"
     shutil.rmtree(tree, ignore_errors=True)
     for pkg in ("export", "ms_gpt4image"):
         shutil.copytree(ROOT / pkg, tree / pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    (tree / "export" / "pack.py").write_text(subprocess.run(["git", "show", f"{rev}:export/pack.py"], cwd=ROOT,
-                                                            check=True, capture_output=True, text=True).stdout)
+    for name in ("pack.py", "readers.py"):
+        (tree / "export" / name).write_text(subprocess.run(["git", "show", f"{rev}:export/{name}"], cwd=ROOT,
+                                                           check=True, capture_output=True, text=True).stdout)
     return tree
 
 
@@ -144,7 +146,7 @@ def main(argv=None):
     ratios = [o / t for o, t in zip(ours, theirs)]
     print(f"\n| command | rounds (images/s) | median | spread (max/min) |\n|---|---|---|---|")
     if tree:
-        print(f"| pack, export/pack.py at {a.before} | {', '.join(f'{x:.0f}' for x in before)} | "
+        print(f"| pack, export/pack.py and readers.py at {a.before} | {', '.join(f'{x:.0f}' for x in before)} | "
               f"{statistics.median(before):.0f} | {max(before) / min(before):.2f} |")
         r = [b / t for b, t in zip(before, theirs)]
         print(f"| pack at {a.before} / ImageNetToMR | {', '.join(f'{x:.2f}' for x in r)} | {statistics.median(r):.2f} | |")
