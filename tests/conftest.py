@@ -55,6 +55,19 @@ def simple_cnn_config(folder: Path, packed: Path, name: str, **keys) -> Path:
     return path
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under `pytest -n N --dist loadgroup` (make test) a test file runs on one worker, as with loadfile
+    (module fixtures are built once, msrun and Ray tests take their own ports and folders), except the
+    long tests that name their own xdist_group (a chunk of the graph-mode backbones, a config's step): those
+    spread over the workers, and go first so that none of them starts last."""
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    first = ("graph_step_", "config_step_")  # the longest first
+    items.sort(key=lambda item: next((i for i, p in enumerate(first)
+                                      if item.get_closest_marker("xdist_group").args[0].startswith(p)), len(first)))
+
+
 @pytest.fixture(scope="session")
 def idx_root(tmp_path_factory) -> Path:
     """A Fashion-MNIST-shaped idx dataset: 96 train and 40 test images, written in the test."""

@@ -1,6 +1,7 @@
 """Builds tiny randomly-initialised vision-language models (+ processors) from configs and saves each to a
 folder, so real `from_pretrained` loading code (AutoProcessor / AutoModelForImageTextToText) runs offline.
-Usage: python tests/make_tiny_vlms.py KIND OUT_DIR      KIND in: blip2, instructblip, llava, llava-next, idefics3
+Usage: python tests/make_tiny_vlms.py KIND OUT_DIR [KIND OUT_DIR ...]
+KIND in: blip2, instructblip, llava, llava-next, idefics3 (several in one process: torch imports once)
 
 `idefics3` (Idefics3ForConditionalGeneration + Idefics3Processor, SmolVLM-Instruct's architecture, with a chat
 template) stands in for "any chat VLM from the hub". Qwen2-VL cannot be built here: in transformers 5 every
@@ -224,6 +225,8 @@ def build(kind: str, out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in BUILDERS:
+    pairs = list(zip(sys.argv[1::2], sys.argv[2::2]))
+    if len(sys.argv) < 3 or len(sys.argv) % 2 == 0 or any(kind not in BUILDERS for kind, _ in pairs):
         sys.exit(__doc__)
-    build(sys.argv[1], sys.argv[2])
+    for kind, out in pairs:
+        build(kind, out)

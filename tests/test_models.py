@@ -112,15 +112,20 @@ def test_init_from_a_mindcv_imagenet_checkpoint(tmp_path):
         load_backbone(create_backbone("resnet18", num_classes=10), tmp_path / "plain.ckpt", strict=True)
 
 
-def test_every_backbone_trains_one_step_in_graph_mode_and_exports_mindir():
-    """In their own processes (two at once, half the backbones each): graph mode for the whole run,
+GRAPH_CHUNKS = 4  # of the backbones, one process each, spread over the test workers (tests/conftest.py)
+
+
+@pytest.mark.parametrize("chunk", [pytest.param(i, marks=pytest.mark.xdist_group(f"graph_step_{i}"))
+                                   for i in range(GRAPH_CHUNKS)])
+def test_every_backbone_trains_one_step_in_graph_mode_and_exports_mindir(chunk):
+    """Every GRAPH_CHUNKS-th backbone from `chunk` on, in its own process: graph mode for the whole run,
     separate from this file's PyNative tests."""
     import json
-    from conftest import ROOT, run_cli_concurrently
-    names = list_backbones()
-    procs = run_cli_concurrently(*[(ROOT / "tests" / "graph_step.py", *names[i::2]) for i in range(2)])
-    rows = {r["backbone"]: r for p in procs for r in map(json.loads, p.stdout.strip().splitlines())}
-    assert sorted(rows) == names
+    from conftest import ROOT, run_cli
+    names = list_backbones()[chunk::GRAPH_CHUNKS]
+    rows = {r["backbone"]: r for r in map(json.loads, run_cli(ROOT / "tests" / "graph_step.py", *names)
+                                          .stdout.strip().splitlines())}
+    assert sorted(rows) == sorted(names)
     for name, r in rows.items():
         assert all(np.isfinite(r["losses"])), name
         assert r["mindir_max_abs_diff"] < 1e-5, (name, r["mindir_max_abs_diff"])  # the reloaded MindIR

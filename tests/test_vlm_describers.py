@@ -19,8 +19,8 @@ BACKENDS = {
 @pytest.fixture(scope="module")
 def tiny_vlms(tmp_path_factory):
     root = tmp_path_factory.mktemp("vlms")
-    for kind in {k for k, _ in BACKENDS.values()}:
-        run_cli(ROOT / "tests" / "make_tiny_vlms.py", kind, root / kind)
+    run_cli(ROOT / "tests" / "make_tiny_vlms.py", *[a for kind in sorted({k for k, _ in BACKENDS.values()})
+                                                      for a in (kind, root / kind)])
     return root
 
 
