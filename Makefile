@@ -40,12 +40,12 @@ demo-hiera: setup data
 
 # fast tests (the CI default; the 30 slowest are listed at the end, where to look to make it faster); `make test-all` adds the
 # ones marked slow. Three processes on the 2 cores: the tests spend much of their time waiting on the processes
-# they start (msrun, Ray, data workers), and a third worker fills that time. --dist loadgroup: a test file stays
-# on one worker (tests/conftest.py groups it) except the long tests that name their own group, which spread and
-# go first (the msrun and Ray tests take free ports and their own temporary folders)
+# they start (msrun, Ray, data workers), and a third worker fills that time. --dist loadfile: a test file stays on
+# one worker, except the long tests tests/conftest.py names in SPREAD, which spread over the workers and go first
+# (the msrun and Ray tests take free ports and their own temporary folders)
 TEST_JOBS ?= 3
 test: setup
-	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadgroup -m "not slow" --durations=30 tests
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile -m "not slow" --durations=30 tests
 
 test-all: setup
 	$(PY) -m pytest -q tests

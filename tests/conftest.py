@@ -55,17 +55,33 @@ def simple_cnn_config(folder: Path, packed: Path, name: str, **keys) -> Path:
     return path
 
 
+# The long tests, each its own unit of work under `make test` (pytest -n 3 --dist loadfile), spread over the
+# workers and run first so that none of them starts last; every other test stays with its file (module
+# fixtures built once; the msrun and Ray tests take free ports and their own temporary folders)
+SPREAD = ("tests/test_models.py::test_every_backbone_trains_one_step_in_graph_mode_and_exports_mindir[",
+          "tests/test_config.py::test_every_shipped_config_builds_and_steps[")
+
+
+def _spread(nodeid: str) -> bool:
+    return nodeid.startswith(SPREAD)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Under `pytest -n N --dist loadgroup` (make test) a test file runs on one worker, as with loadfile
-    (module fixtures are built once, msrun and Ray tests take their own ports and folders), except the
-    long tests that name their own xdist_group (a chunk of the graph-mode backbones, a config's step): those
-    spread over the workers, and go first so that none of them starts last."""
-    for item in items:
-        if not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
-    first = ("graph_step_", "config_step_")  # the longest first
-    items.sort(key=lambda item: next((i for i, p in enumerate(first)
-                                      if item.get_closest_marker("xdist_group").args[0].startswith(p)), len(first)))
+    items.sort(key=lambda item: not _spread(item.nodeid))  # stable: the rest keep their order
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadfile with the SPREAD tests as units of their own (xdist's loadgroup would say it with marks,
+    but pytest 9.2 no longer reads the node id xdist 3.8 rewrites for it: every test became its own unit)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileOrSpreadScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return nodeid if _spread(nodeid) else nodeid.split("::", 1)[0]
+
+    return FileOrSpreadScheduling(config, log)
 
 
 @pytest.fixture(scope="session")

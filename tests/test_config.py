@@ -59,8 +59,7 @@ def test_structures_group_configs_by_model_family():
     assert "imagenet_deit_base_authors.yaml" in chosen  # its own structure (CLIP loss, MLP projector without BN)
 
 
-@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xdist_group(f"config_step_{p.stem}"))
-                                  for p in _one_per_structure()], ids=lambda p: str(p.relative_to(CONFIG_DIR)))
+@pytest.mark.parametrize("path", _one_per_structure(), ids=lambda p: str(p.relative_to(CONFIG_DIR)))
 def test_every_shipped_config_builds_and_steps(path, packed):
     """One step on tiny data for each distinct structure among the shipped configs (tests/one_step.py),
     each in its own process: several ImageNet-size models in one process exhaust memory."""

@@ -112,11 +112,10 @@ def test_init_from_a_mindcv_imagenet_checkpoint(tmp_path):
         load_backbone(create_backbone("resnet18", num_classes=10), tmp_path / "plain.ckpt", strict=True)
 
 
-GRAPH_CHUNKS = 4  # of the backbones, one process each, spread over the test workers (tests/conftest.py)
+GRAPH_CHUNKS = 4  # of the backbones, one process each, spread over the test workers (conftest.SPREAD)
 
 
-@pytest.mark.parametrize("chunk", [pytest.param(i, marks=pytest.mark.xdist_group(f"graph_step_{i}"))
-                                   for i in range(GRAPH_CHUNKS)])
+@pytest.mark.parametrize("chunk", range(GRAPH_CHUNKS))
 def test_every_backbone_trains_one_step_in_graph_mode_and_exports_mindir(chunk):
     """Every GRAPH_CHUNKS-th backbone from `chunk` on, in its own process: graph mode for the whole run,
     separate from this file's PyNative tests."""
