@@ -81,7 +81,24 @@ def pytest_xdist_make_scheduler(config, log):
         def _split_scope(self, nodeid: str) -> str:
             return nodeid if _spread(nodeid) else nodeid.split("::", 1)[0]
 
+    config.option.loadscopereorder = False  # deal in collection order (xdist's default puts the largest files first)
     return FileOrSpreadScheduling(config, log)
+
+
+@pytest.fixture(autouse=True)
+def _ms_mode(request):
+    """The MindSpore mode a test module declares (MS_MODE), set around each of its tests: a module-level
+    set_context runs at collection, where the last module imported wins in every worker, and a test that
+    switches modes must not leave its mode to the next file's tests."""
+    mode = getattr(request.module, "MS_MODE", None)
+    if mode is None:
+        yield
+        return
+    import mindspore as ms
+    before = ms.get_context("mode")
+    ms.set_context(mode=mode)
+    yield
+    ms.set_context(mode=before)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from ms_gpt4image.gpt4image import GPT4ImageNet
 from ms_gpt4image.losses import GPT4ImageLoss
 from ms_gpt4image.models import create_backbone, recompute_blocks
 
-ms.set_context(mode=ms.GRAPH_MODE)
+MS_MODE = ms.GRAPH_MODE  # set around each test by conftest._ms_mode
 ROWS, DIM, LRS = 8, 16, [0.5, 0.25, 0.1]
 
 

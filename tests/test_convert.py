@@ -12,7 +12,7 @@ from ms_gpt4image.checkpoint import load_backbone
 from ms_gpt4image.gpt4image import Projector
 from ms_gpt4image.models import create_backbone
 
-ms.set_context(mode=ms.PYNATIVE_MODE)
+MS_MODE = ms.PYNATIVE_MODE  # set around each test by conftest._ms_mode
 
 
 @pytest.fixture(scope="module")

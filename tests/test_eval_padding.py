@@ -16,7 +16,7 @@ from ms_gpt4image.engine import evaluate, pad_rows
 from ms_gpt4image.models import create_backbone
 from ms_gpt4image.predict import run_predict
 
-ms.set_context(mode=ms.PYNATIVE_MODE)
+MS_MODE = ms.PYNATIVE_MODE  # set around each test by conftest._ms_mode
 
 
 class ShapeRecorder:

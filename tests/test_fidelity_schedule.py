@@ -43,7 +43,7 @@ from ms_gpt4image.config import load_config
 from ms_gpt4image.engine import NetWithLoss, TrainStep
 from ms_gpt4image.train import build_training
 
-ms.set_context(mode=ms.PYNATIVE_MODE)
+MS_MODE = ms.PYNATIVE_MODE  # set around each test by conftest._ms_mode
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "configs" / "ablations").glob("*.yaml"))
 SPE = 10         # steps per epoch: every reference's clock is exercised, the real epoch counts are kept

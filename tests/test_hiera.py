@@ -13,7 +13,7 @@ from conftest import ROOT, run_cli
 from ms_gpt4image.checkpoint import load_backbone
 from ms_gpt4image.models import create_backbone
 
-ms.set_context(mode=ms.PYNATIVE_MODE)
+MS_MODE = ms.PYNATIVE_MODE  # set around each test by conftest._ms_mode
 TINY = {"embed_dim": 8, "stages": [1, 2, 2, 1]}  # heads 1, 2, 4, 8 as Hiera-T; 64 px: 16x16 tokens, 4 mask units
 
 

@@ -8,7 +8,7 @@ from ms_gpt4image.gpt4image import GPT4ImageNet
 from ms_gpt4image.models import create_backbone
 from ms_gpt4image.train import build_optimizer
 
-ms.set_context(mode=ms.PYNATIVE_MODE)
+MS_MODE = ms.PYNATIVE_MODE  # set around each test by conftest._ms_mode
 DECAY = 0.5
 
 

@@ -6,7 +6,7 @@ import mindspore as ms
 
 from ms_gpt4image.losses import AlignLoss, GPT4ImageLoss
 
-ms.set_context(mode=ms.PYNATIVE_MODE)
+MS_MODE = ms.PYNATIVE_MODE  # set around each test by conftest._ms_mode
 
 
 def _inputs(b=6, k=8, seed=0):

@@ -8,7 +8,7 @@ from ms_gpt4image.gpt4image import GPT4ImageNet, Projector
 from graph_step import SMALL_KWARGS
 from ms_gpt4image.models import create_backbone, list_backbones
 
-ms.set_context(mode=ms.PYNATIVE_MODE)
+MS_MODE = ms.PYNATIVE_MODE  # set around each test by conftest._ms_mode
 # published parameter counts (millions) at 1000 classes, 224 px: torchvision / DeiT / ConvNeXt papers
 PUBLISHED_M = {"resnet18": 11.7, "resnet50": 25.6, "deit_small": 22.1, "deit_base": 86.6,
                "convnext_tiny": 28.6, "convnext_small": 50.2, "convnext_base": 88.6,

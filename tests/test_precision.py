@@ -20,7 +20,7 @@ from ms_gpt4image.models import create_backbone
 from ms_gpt4image.precision import mixed_precision
 from ms_gpt4image.train import build_eval_net, build_training
 
-ms.set_context(mode=ms.PYNATIVE_MODE)
+MS_MODE = ms.PYNATIVE_MODE  # set around each test by conftest._ms_mode
 KINDS = (nn.Conv2d, nn.Dense, nn.BatchNorm2d)
 MANIFEST = {"num_classes": 10, "embedding": {"dim": 16}}
 

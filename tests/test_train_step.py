@@ -11,7 +11,7 @@ from ms_gpt4image.losses import GPT4ImageLoss
 from ms_gpt4image.models import create_backbone
 from ms_gpt4image.precision import mixed_precision
 
-ms.set_context(mode=ms.PYNATIVE_MODE)
+MS_MODE = ms.PYNATIVE_MODE  # set around each test by conftest._ms_mode
 
 
 def _batch():
