@@ -147,12 +147,6 @@ def _torch_side(request):
 _BUILT = {}
 
 
-def lazy_build(lazy: bool):
-    from contextlib import nullcontext
-    from mindspore.nn.utils import no_init_parameters
-    return no_init_parameters() if lazy else nullcontext()
-
-
 def _built(cfg):
     """{name: (shape, weight decay, lr scale)} of the optimizer build_training makes for cfg."""
     key = json.dumps([cfg[k] for k in ("model", "model_kwargs", "image_size", "in_channels", "opt", "weight_decay",
@@ -160,9 +154,8 @@ def _built(cfg):
                      + [cfg["align"]["projector"], cfg["align"]["mlp_bn"]], sort_keys=True)
     if key not in _BUILT:
         manifest = {"num_classes": cfg["num_classes"] or 10, "embedding": {"dim": 16}}
-        # shapes and groups only: the weights stay unallocated (lazy_build), except ConvNeXt's, whose
-        # classifier mindcv scales at build (head_init_scale)
-        with lazy_build(not cfg["model"].startswith("convnext")):
+        from conftest import unallocated_weights
+        with unallocated_weights(cfg["model"]):  # shapes and groups only
             _, step, lr = build_training(apply(cfg, resolve(cfg, 1)), 1, manifest)  # as train() builds it
         assert list(lr) == build_training_lr(cfg, 1, steps_per_epoch=1)  # what test_lr_schedule checks
         opt = step.optimizer

@@ -27,11 +27,9 @@ def test_every_backbone_gives_feature_and_logits(name):
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_M))
 def test_parameter_counts_match_published(name):
-    from contextlib import nullcontext
-    from mindspore.nn.utils import no_init_parameters
+    from conftest import unallocated_weights
     num_classes = 10 if name == "resnet18_cifar" else 1000
-    # the weights stay unallocated, except ConvNeXt's: mindcv scales its classifier at build (head_init_scale)
-    with nullcontext() if name.startswith("convnext") else no_init_parameters():
+    with unallocated_weights(name):
         n = sum(p.size for p in create_backbone(name, num_classes=num_classes).trainable_params()) / 1e6
     assert round(n, 1) == PUBLISHED_M[name], f"{name}: {n:.3f}M"
 
