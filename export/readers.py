@@ -146,6 +146,8 @@ class ImageFolderSource:
                 # Huffman stream fails as in a full decode) at a fraction of the cost (scripts/bench_pack.py)
                 img.draft(None, (1, 1))
             img.load()
+        except Image.UnidentifiedImageError:  # its message names the in-memory buffer, not the file
+            raise ValueError(f"cannot decode image #{i}: {path} (empty, or not an image format PIL reads)") from None
         except Exception as e:  # PIL raises several types for corrupt files
             raise ValueError(f"cannot decode image #{i}: {path} ({e})") from None
         if img.format in MINDSPORE_DECODES:

@@ -60,6 +60,11 @@ def test_corrupt_image_error_names_path(tmp_path):
     i = [n for n in range(len(src)) if src.path(n).endswith("broken.png")][0]
     with pytest.raises(ValueError, match="broken.png"):
         src.encoded(i)
+    (tmp_path / "cat" / "empty.jpg").write_bytes(b"")
+    src = ImageFolderSource(tmp_path)
+    i = [n for n in range(len(src)) if src.path(n).endswith("empty.jpg")][0]
+    with pytest.raises(ValueError, match=r"empty\.jpg \(empty, or not an image format PIL reads\)"):
+        src.encoded(i)
 
 
 def test_cut_jpegs_are_refused_as_a_full_decode_refuses_them(tmp_path):
