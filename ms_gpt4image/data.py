@@ -12,9 +12,11 @@ import mindspore.dataset.vision as vision
 from PIL import Image
 from mindcv.data.mixup import Mixup
 
-from . import augment, repeated_aug
+from . import augment, compat, repeated_aug
 from .batch_layout import device_rows
 from .device_input import normalize_on_device
+
+compat.fix_worker_pool_teardown()  # 5 s saved at the end of every pipeline with worker processes
 
 
 def load_manifest(data_dir) -> Dict:

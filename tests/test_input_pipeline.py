@@ -1,6 +1,8 @@
 """The training input pipeline: built once, reshuffled per epoch in a reproducible order that a
 resumed run reaches again; each rank's eval slice; images of any size; pipeline errors as one line."""
+import gc
 import json
+import multiprocessing
 import shutil
 
 import numpy as np
@@ -99,13 +101,26 @@ def test_a_broken_image_is_one_clear_line(packed, tmp_path):
     assert len(error) == 1 and "train split of" in error[0] and "export verify" in error[0], p.stderr[-2000:]
 
 
-def test_python_transforms_in_worker_processes(packed):
+def test_python_transforms_in_worker_processes(packed, monkeypatch):
     """The DeiT recipe's pipeline (mindcv RandomCropDecodeResize, RandAugment, random erasing, mixup)
-    with its Python ops in worker processes, as the ImageNet configs run it."""
+    with its Python ops in worker processes, as the ImageNet configs run it; when the iterator goes, each
+    pool's clean process quits when told to instead of being killed after MindSpore's 5 s join timeout
+    (compat.fix_worker_pool_teardown: without it each is killed, 5 s per pool and pass)."""
+    from mindspore.dataset.engine.datasets import _PythonMultiprocessing
     cfg = load_config("configs/imagenet_deit_small.yaml",
                       [f"data_dir={packed / 'data'}", "image_size=32", "batch_size=8", "num_parallel_workers=2"])
     assert cfg["python_multiprocessing"]
     data, _ = create_dataset(cfg, "train")
-    image, label, text = next(data.create_tuple_iterator(num_epochs=1, output_numpy=True))
+    it = data.create_tuple_iterator(num_epochs=1, output_numpy=True)
+    image, label, text = next(it)
     assert image.shape == (8, 3, 32, 32) and label.shape == (8, 10) and text.shape == (8, 384)
     assert np.isfinite(image).all() and np.allclose(label.sum(axis=1), 1.0, atol=1e-5)  # mixed soft targets
+    killed, terminate = [], _PythonMultiprocessing._terminate_processes
+    monkeypatch.setattr(_PythonMultiprocessing, "_terminate_processes",
+                        staticmethod(lambda procs: (killed.extend(p.name for p in procs), terminate(procs))))
+    cleaners = [p for p in multiprocessing.active_children() if p.name == "MapCleanProcess"]
+    assert cleaners  # one per pool of worker processes
+    del it, data
+    gc.collect()
+    assert not any(p.is_alive() for p in cleaners)  # torn down
+    assert "MapCleanProcess" not in killed, killed
