@@ -1,6 +1,6 @@
 """Builds each given config's training setup on tiny data and runs one optimisation step.
 
-  python tests/one_step.py DATA_DIR CONFIG [CONFIG ...]
+  python tests/one_step.py DATA_DIR CONFIG [CONFIG ...] [KEY=VALUE ...]
 
 The config is used as shipped except for what a CPU smoke run must change: data_dir, image size 32,
 batch 4, device CPU, amp O0 (the loss-scale type is kept), no pretrained weights, PyNative mode (graph mode is covered per
@@ -28,9 +28,11 @@ SMOKE = ["image_size=32", "batch_size=4", "eval_batch_size=8", "device_target=CP
 
 
 def main():
-    data_dir, configs = sys.argv[1], sys.argv[2:]
+    data_dir = sys.argv[1]
+    configs = [a for a in sys.argv[2:] if "=" not in a]
+    overrides = [a for a in sys.argv[2:] if "=" in a]  # applied to every config, after SMOKE
     for path in configs:
-        cfg = load_config(path, SMOKE + [f"data_dir={data_dir}"])
+        cfg = load_config(path, SMOKE + [f"data_dir={data_dir}"] + overrides)
         setup_context(cfg)
         data, _ = create_dataset(cfg, "train")
         net, step, _ = build_training(cfg, data.get_dataset_size(), load_manifest(data_dir))
