@@ -296,6 +296,26 @@ def resize_center_crop(img: Image.Image, size: int, crop_pct: float, interpolati
 # the pipeline's Python ops (module-level classes: picklable for MindSpore's worker processes)
 
 
+class RankSalt:
+    """Every rank seeds its pipeline alike (the same seed gives every rank the same shuffle, which
+    MindRecord sharding and repeated augmentation need), so without more the ranks would draw the same
+    random numbers, augmentations and mixup/cutmix alike, row for row; the references seed each rank
+    apart (DeiT and ConvNeXt: seed + rank, in the main process, where timm's Mixup draws, and in every
+    loader worker). Called first by each of a pipeline's random Python ops (the map's TrainTransform, the
+    mixing batch op's PerMicroBatch), it moves, for a rank > 0, the generators of the process the op runs in
+    (the main one or a worker) to a state of their own derived from the seeded state and the rank, once per
+    op and process: reproducible, and different per rank."""
+
+    def __init__(self, rank: int = 0):
+        self.rank, self.salted_in = rank, None  # the pid of the process whose generators carry the salt
+
+    def __call__(self) -> None:
+        if self.rank and self.salted_in != os.getpid():
+            self.salted_in = os.getpid()
+            random.seed(random.getrandbits(64) * 1_000_003 + self.rank)
+            np.random.seed(np.random.SeedSequence([int(np.random.randint(2 ** 31)), self.rank]).generate_state(1))
+
+
 class TrainTransform:
     """The training transform after decoding, as one Python op (each op boundary in a MindSpore map
     costs a copy and, with threads, the GIL): a decoded HWC uint8 RGB array (or encoded bytes, decoded
@@ -303,12 +323,7 @@ class TrainTransform:
     colour jitter or None) -> (x / 255 - mean) / std as CHW float32 -> `erasing` (RandomErasing or None).
     With `normalize=False` it stops before the normalisation and returns the CHW uint8 crop (the device
     normalises it: device_input.py; random erasing needs the normalised image, so not with `erasing`).
-
-    `rank`: every rank seeds its pipeline alike (the same seed gives every rank the same shuffle, which
-    MindRecord sharding and repeated augmentation need), so without more the ranks would draw the same
-    augmentations row for row; the references seed each rank apart (DeiT: seed + rank). So on its first
-    call in a process (the main one or a worker) a rank > 0 moves Python's and numpy's generators to a
-    state of its own, derived from the seeded state and the rank: reproducible, and different per rank."""
+    `rank`: its draws are this rank's own (RankSalt)."""
 
     def __init__(self, crop: RandomResizedCrop, hflip: float = 0.5, augment: Optional[Callable] = None,
                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), erasing: Optional["RandomErasing"] = None,
@@ -316,16 +331,10 @@ class TrainTransform:
         if erasing is not None and not normalize:
             raise ValueError("random erasing works on the normalised float image: it needs normalize=True")
         self.crop, self.hflip, self.augment, self.erasing, self.rank = crop, hflip, augment, erasing, rank
+        self.salt = RankSalt(rank)
         self.normalize = normalize
         self.shift = (255 * np.asarray(mean, np.float32)).reshape(-1, 1, 1)
         self.scale = (1 / (255 * np.asarray(std, np.float32))).reshape(-1, 1, 1)
-        self.salted_in = None  # the pid of the process whose generators carry this rank's salt
-
-    def _salt_once(self):
-        if self.rank and self.salted_in != os.getpid():
-            self.salted_in = os.getpid()
-            random.seed(random.getrandbits(64) * 1_000_003 + self.rank)
-            np.random.seed(np.random.SeedSequence([int(np.random.randint(2 ** 31)), self.rank]).generate_state(1))
 
     def augment_pil(self, img: Image.Image) -> Image.Image:
         img = self.crop(img)
@@ -334,7 +343,7 @@ class TrainTransform:
         return img if self.augment is None else self.augment(img)
 
     def __call__(self, encoded) -> np.ndarray:
-        self._salt_once()
+        self.salt()
         image = self.augment_pil(decode(encoded))
         if not self.normalize:
             return np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1))

@@ -119,24 +119,27 @@ def image_ops(cfg: Dict, train: bool, rank: int = 0, uint8: Optional[bool] = Non
 class PerMicroBatch:
     """mixup/cutmix drawn per micro-batch of `micro` rows, as the references' loops mix every loader batch
     (timm's Mixup in ConvNeXt's train_one_epoch, once per micro-batch under update_freq): the pipeline's
-    batch holds the `accumulate_steps` micro-batches of one update (engine.TrainStep splits it)."""
+    batch holds the `accumulate_steps` micro-batches of one update (engine.TrainStep splits it).
+    `rank`: its draws are this rank's own (augment.RankSalt), as the references' per-rank seeds make
+    them; without it every rank mixed its batch with the same lambda and box in the same step."""
 
-    def __init__(self, mix: Mixup, micro: int):
-        self.mix, self.micro = mix, micro
+    def __init__(self, mix: Mixup, micro: int, rank: int = 0):
+        self.mix, self.micro, self.salt = mix, micro, augment.RankSalt(rank)
 
     def __call__(self, images: np.ndarray, labels: np.ndarray):
+        self.salt()
         if len(images) <= self.micro:  # one micro-batch: no concatenation (a copy of the whole batch, 38 MB
             return self.mix(images, labels)  # for DeiT's 64 x 3 x 224 x 224 float32; scripts/bench_dataloader.py)
         parts = [self.mix(images[i:i + self.micro], labels[i:i + self.micro]) for i in range(0, len(images), self.micro)]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def _mixup(cfg: Dict, manifest: Dict) -> Optional[PerMicroBatch]:
+def _mixup(cfg: Dict, manifest: Dict, rank: int = 0) -> Optional[PerMicroBatch]:
     if cfg["mixup"] <= 0 and cfg["cutmix"] <= 0:
         return None
     return PerMicroBatch(Mixup(mixup_alpha=cfg["mixup"], cutmix_alpha=cfg["cutmix"], prob=cfg["mixup_prob"],
                                switch_prob=cfg["mixup_switch_prob"], label_smoothing=cfg["label_smoothing"],
-                               num_classes=manifest["num_classes"]), cfg["batch_size"])
+                               num_classes=manifest["num_classes"]), cfg["batch_size"], rank)
 
 
 def _encoded_as_uint8(encoded):
@@ -179,7 +182,7 @@ def create_dataset(cfg: Dict, split: str, num_shards: Optional[int] = None,
     ops = image_ops(cfg, train, shard_id or 0)
     if repeats > 1:  # every rank reads the seed's order; the batch op deals and augments R copies per record
         data, records = repeated_aug.reader(files, columns, repeats, num_shards, device_rows(cfg))
-        return repeated_aug.batch(data, records, ops, cfg, columns, _mixup(cfg, manifest), workers,
+        return repeated_aug.batch(data, records, ops, cfg, columns, _mixup(cfg, manifest, shard_id or 0), workers,
                                   num_shards or 1, shard_id or 0)
     data = ds.MindDataset(files, columns_list=columns, num_parallel_workers=1, **kwargs)
     n = data.get_dataset_size()
@@ -199,7 +202,7 @@ def create_dataset(cfg: Dict, split: str, num_shards: Optional[int] = None,
     if train and (cfg["mixup"] > 0 or cfg["cutmix"] > 0):
         # images and labels are mixed (labels become soft targets, label smoothing folded in); the text
         # embeddings stay those of the unmixed images, as in the authors' DeiT training
-        mix = _mixup(cfg, manifest)
+        mix = _mixup(cfg, manifest, shard_id or 0)
 
         def mix_batch(images, labels, batch_info):  # per_batch_map receives lists of samples
             return mix(np.stack(images), np.stack(labels))

@@ -124,3 +124,20 @@ def test_python_transforms_in_worker_processes(packed, monkeypatch):
     gc.collect()
     assert not any(p.is_alive() for p in cleaners)  # torn down
     assert "MapCleanProcess" not in killed, killed
+
+
+def test_each_rank_mixes_with_its_own_draws(packed):
+    """The ConvNeXt recipe (mixup/cutmix, no repeated augmentation) on 2 ranks, mixing in a worker process
+    as configured: each rank draws its own lambda (and box) per step, as the references' per-rank seeds
+    make them (augment.RankSalt), reproducibly; before, both ranks mixed with the same draws."""
+    def mixing(rank):
+        cfg = load_config("configs/imagenet_convnext_tiny.yaml", [f"data_dir={packed / 'data'}", "image_size=32",
+                                                                   "batch_size=8", "num_parallel_workers=1"])
+        assert cfg["python_multiprocessing"] and cfg["repeated_aug"] == 1 and cfg["mixup"] > 0
+        data, _ = create_dataset(cfg, "train", num_shards=2, shard_id=rank)
+        it = data.create_tuple_iterator(num_epochs=1, output_numpy=True)
+        # a batch's smallest soft-target maximum: the mixing weight of its rows of two classes
+        return [round(float(next(it)[1].max(axis=1).min()), 5) for _ in range(3)]
+    rank1 = mixing(1)
+    assert mixing(0) != rank1
+    assert mixing(1) == rank1
