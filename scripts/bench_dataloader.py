@@ -44,6 +44,9 @@ RECIPES = {"resnet50": ("configs/imagenet_resnet50.yaml", []),
            "deit-ra3": ("configs/imagenet_deit_small.yaml", [])}
 
 
+MODES = {"threads": False, "processes": True, "mix-in-main": "mix-in-main"}  # ours: -> spec["pm"]
+
+
 def config(recipe, data_dir, workers, batch, pm):
     sys.path.insert(0, str(ROOT))
     from ms_gpt4image.config import load_config
@@ -62,8 +65,23 @@ class NullTransform:
         return np.ones((3, 224, 224), np.float32)
 
 
+def mix_in_main_process():
+    """Mode `mix-in-main` (an experiment, not what data.py does): the map's workers stay processes, the
+    mixing batch op runs in one thread of the main process, where the DataLoader's loop mixes."""
+    import mindspore.dataset as ds
+    batch = ds.Dataset.batch
+
+    def patched(self, *args, **kwargs):
+        if kwargs.get("per_batch_map") is not None:
+            kwargs.update(python_multiprocessing=False, num_parallel_workers=1)
+        return batch(self, *args, **kwargs)
+    ds.Dataset.batch = patched
+
+
 def run_ours(spec):
-    cfg = config(spec["recipe"], spec["data_dir"], spec["workers"], spec["batch"], spec["pm"])
+    if spec["pm"] == "mix-in-main":
+        mix_in_main_process()
+    cfg = config(spec["recipe"], spec["data_dir"], spec["workers"], spec["batch"], spec["pm"] is not False)
     from ms_gpt4image import data as data_module
     from ms_gpt4image.data import create_dataset
     if spec["recipe"] == "null":
@@ -167,7 +185,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipes", default="resnet50,deit")
     ap.add_argument("--workers", default="1,2")
-    ap.add_argument("--modes", default="threads,processes", help="ours: python_multiprocessing false / true")
+    ap.add_argument("--modes", default="threads,processes",
+                    help="ours: python_multiprocessing false / true; mix-in-main: processes, the mixup batch op in the main process")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
@@ -187,11 +206,13 @@ def main(argv=None):
     work.mkdir(parents=True, exist_ok=True)
     recipes, workers = a.recipes.split(","), [int(w) for w in a.workers.split(",")]
     modes = a.modes.split(",")
+    if set(modes) - set(MODES):
+        ap.error(f"--modes: {a.modes!r}: each must be one of {', '.join(MODES)}")
     objects = prepare(data_dir, recipes, a.batch, work)
     settings = []
     for r in recipes:
         for w in workers:
-            settings += [(r, w, "ours", m == "processes") for m in modes] + [(r, w, "torch", None)]
+            settings += [(r, w, "ours", MODES[m]) for m in modes] + [(r, w, "torch", None)]
     figures = {s: [] for s in settings}
     for k in range(a.rounds):
         for s in settings:
@@ -204,7 +225,7 @@ def main(argv=None):
                 raise SystemExit(f"{s} failed:\n{proc.stderr[-3000:]}")
             ips = json.loads(proc.stdout.strip().splitlines()[-1])["images_per_s"]
             figures[s].append(ips)
-            print(f"round {k + 1}: {r} workers={w} {loader} {'' if pm is None else ('processes' if pm else 'threads')}"
+            print(f"round {k + 1}: {r} workers={w} {loader} {'' if pm is None else next(m for m, v in MODES.items() if v == pm)}"
                   f": {ips:.1f} images/s", file=sys.stderr, flush=True)
     rows = []
     print("\n| recipe | workers | ours: workers as | ours, rounds (images/s) | ours median | DataLoader (processes), "
@@ -214,7 +235,7 @@ def main(argv=None):
         for w in workers:
             dl = figures[(r, w, "torch", None)]
             for m in modes:
-                ours = figures[(r, w, "ours", m == "processes")]
+                ours = figures[(r, w, "ours", MODES[m])]
                 ratios = [o / t for o, t in zip(ours, dl)]
                 row = dict(recipe=r, workers=w, mode=m, ours=ours, dataloader=dl, ratios=ratios,
                            ours_median=statistics.median(ours), dataloader_median=statistics.median(dl),
