@@ -330,8 +330,7 @@ class TrainTransform:
                  rank: int = 0, normalize: bool = True):
         if erasing is not None and not normalize:
             raise ValueError("random erasing works on the normalised float image: it needs normalize=True")
-        self.crop, self.hflip, self.augment, self.erasing, self.rank = crop, hflip, augment, erasing, rank
-        self.salt = RankSalt(rank)
+        self.crop, self.hflip, self.augment, self.erasing, self.salt = crop, hflip, augment, erasing, RankSalt(rank)
         self.normalize = normalize
         self.shift = (255 * np.asarray(mean, np.float32)).reshape(-1, 1, 1)
         self.scale = (1 / (255 * np.asarray(std, np.float32))).reshape(-1, 1, 1)

@@ -56,16 +56,23 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--data", default="runs/bench_pipeline/imagenet_like/data")
+    ap.add_argument("--data", default=None, help="a packed directory with an eval split (default: scripts/"
+                    "bench_pipeline.py's JPEGs under runs/bench_pipeline, made if missing)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
         return child(json.loads(a.child))
-    data = ROOT / a.data
-    if not (data / "manifest.json").exists():
+    for name in ("passes", "rounds", "workers", "batch"):
+        if getattr(a, name) < 1:
+            ap.error(f"--{name} {getattr(a, name)}: must be at least 1")
+    if a.data is None:
         sys.path.insert(0, str(ROOT / "scripts"))
         from bench_pipeline import make_jpeg_data
         data = make_jpeg_data(ROOT / "runs" / "bench_pipeline", 1000, 0)
+    else:
+        data = Path(a.data).resolve()
+        if not (data / "manifest.json").exists():
+            ap.error(f"--data {a.data}: no manifest.json there (a folder that `python -m export pack` wrote)")
     results = {"fixed": [], "unfixed": []}
     for r in range(a.rounds):
         for name in results:
@@ -73,7 +80,8 @@ def main(argv=None):
             proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], cwd=ROOT, env=ENV,
                                   capture_output=True, text=True)
             if proc.returncode:
-                raise SystemExit(f"{name}: exited {proc.returncode}\n{proc.stderr[-2000:]}")
+                lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+                raise SystemExit(f"bench_eval_pipeline: the {name} run on {data} failed: {lines[-1] if lines else proc.returncode}")
             passes = json.loads(proc.stdout.strip().splitlines()[-1])
             results[name].append(passes)
             print(f"round {r + 1} {name}: " + ", ".join(f"{p['pass_s']:.2f} s (teardown {p['teardown_s']:.2f})"
