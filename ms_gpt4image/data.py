@@ -142,6 +142,18 @@ def _mixup(cfg: Dict, manifest: Dict, rank: int = 0) -> Optional[PerMicroBatch]:
                                num_classes=manifest["num_classes"]), cfg["batch_size"], rank)
 
 
+def rows_in_batch_workers(cfg: Dict, train: bool) -> bool:
+    """Whether the training batch op's worker processes make the batch's rows themselves (decode, augment,
+    stack, mix: repeated_aug.rows_op), as the DataLoader's workers do, instead of a map's workers sending
+    each image. Where mixup runs in worker processes their pool holds whole batches anyway; each image
+    crossing shared memory into the main process, and each batch into the mixing pool and back, held
+    DeiT's pipeline at 0.84 of the DataLoader with 2 workers (scripts/bench_dataloader.py,
+    docs/benchmarks.md). Needs Python ops (transforms: imagenet): MindSpore's own random ops, called
+    eagerly in a per_batch_map, are re-seeded on every call (repeated_aug.py)."""
+    return (train and cfg["python_multiprocessing"] and cfg["transforms"] == "imagenet"
+            and (cfg["mixup"] > 0 or cfg["cutmix"] > 0))
+
+
 def _encoded_as_uint8(encoded):
     return np.frombuffer(encoded, np.uint8)
 
@@ -191,18 +203,20 @@ def create_dataset(cfg: Dict, split: str, num_shards: Optional[int] = None,
         # (libjpeg either way; checked on JPEG RGB/grey/CMYK/progressive and PNG), at 0.8 instead of 1.4 ms
         # of CPU per 500x375 JPEG (scripts/bench_dataloader.py; docs/benchmarks.md, Input pipeline)
         ops = ops[1:]
+    # a training batch holds the micro-batches of one update (batch_layout.py; engine.TrainStep splits it)
+    batch = device_rows(cfg) if train else cfg["eval_batch_size"]
+    mix = _mixup(cfg, manifest, shard_id or 0) if train else None
+    if rows_in_batch_workers(cfg, train):
+        return repeated_aug.rows_op(data, batch, range(batch), ops, mix, columns, workers), n
     if cfg["python_multiprocessing"]:
         # then MindSpore runs the op list in Python worker processes, which hand the first op the
         # record's numpy.bytes_ (mindcv's RandomCropDecodeResize refused it); decoders take a uint8 array
         ops = [_encoded_as_uint8] + ops
     data = data.map(ops, input_columns="image", **workers)
-    # a training batch holds the micro-batches of one update (batch_layout.py; engine.TrainStep splits it)
-    batch = device_rows(cfg) if train else cfg["eval_batch_size"]
     # train drops the ragged last batch (one static graph); eval keeps every sample
-    if train and (cfg["mixup"] > 0 or cfg["cutmix"] > 0):
+    if mix is not None:
         # images and labels are mixed (labels become soft targets, label smoothing folded in); the text
         # embeddings stay those of the unmixed images, as in the authors' DeiT training
-        mix = _mixup(cfg, manifest, shard_id or 0)
 
         def mix_batch(images, labels, batch_info):  # per_batch_map receives lists of samples
             return mix(np.stack(images), np.stack(labels))

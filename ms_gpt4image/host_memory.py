@@ -28,10 +28,12 @@ SharedMemoryQueue`; not checked here, only 2.7.2 installs) rows are taken to go 
 
 What the recipes send per worker (S = image_size, B = batch_size, K classes, D text-embedding width, E one
 encoded image, W = world size, R = repeated_aug):
-* train map (no repeated augmentation): in E, out one image: 3 S^2 x 4 bytes (float32) or x 1 (uint8,
-  device_input.py);
-* train batch with mixup/cutmix (per_batch_map): in B x (image + 4), out B x (image + 4 K): the mixed
-  images and soft targets; without mixup the batch op runs in C++ threads and needs none;
+* train batch with mixup/cutmix and Python transforms (`transforms: imagenet`; data.rows_in_batch_workers:
+  the batch op's workers make the rows): in B x (E + 4 + 4 D), out B x (image + 4 K + 4 D): the mixed
+  images, soft targets and text embeddings;
+* otherwise a train map: in E, out one image: 3 S^2 x 4 bytes (float32) or x 1 (uint8, device_input.py);
+  and with mixup/cutmix a train batch (per_batch_map): in B x (image + 4), out B x (image + 4 K): the
+  mixed images and soft targets; without mixup the batch op runs in C++ threads and needs none;
 * train batch with repeated augmentation (repeated_aug.py): in ceil(B W / R) records x (E + 4 + 4 D), out
   B x (image + label + 4 D);
 * eval map: in E, out 3 S^2 x 4 (float32 always).
@@ -96,6 +98,7 @@ def pipeline_pools(cfg: Dict, world_size: int = 1, num_classes: Optional[int] = 
     largest encoded image) to 3 S^2."""
     if not cfg["python_multiprocessing"]:
         return []
+    from .data import rows_in_batch_workers
     from .device_input import bytes_per_image
     manifest = _manifest(cfg)
     k = num_classes or cfg["num_classes"] or manifest.get("num_classes") or 1000
@@ -110,6 +113,9 @@ def pipeline_pools(cfg: Dict, world_size: int = 1, num_classes: Optional[int] = 
     if cfg["repeated_aug"] > 1:
         per_step = -(-batch * world_size // cfg["repeated_aug"])
         pools.append(_pool("train batch (repeated augmentation)", workers, per_step * (enc_train + 4 + 4 * d),
+                           batch * (image + label + 4 * d)))
+    elif rows_in_batch_workers(cfg, train=True):
+        pools.append(_pool("train batch (rows and mixup)", workers, batch * (enc_train + 4 + 4 * d),
                            batch * (image + label + 4 * d)))
     else:
         pools.append(_pool("train map", workers, enc_train, image))

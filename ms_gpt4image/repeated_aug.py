@@ -130,7 +130,17 @@ def batch(data, records: int, ops: List, cfg: Dict, columns: List[str], mix: Opt
     """The training batch op with repeated augmentation over `data` (`records` per epoch, image still
     encoded), for `rank` of `world_size`. Returns (batched dataset, rows it yields per epoch)."""
     r, size = cfg["repeated_aug"], device_rows(cfg)  # the rows of one update (its micro-batches in turn)
-    make = RepeatedBatch(ops, rows_of_rank(rank, world_size, r, size), mix)
+    per_step = -(-size * world_size // r)
+    return (rows_op(data, per_step, rows_of_rank(rank, world_size, r, size), ops, mix, columns, workers),
+            records // per_step * size)
+
+
+def rows_op(data, records: int, rows: Sequence[int], ops: List, mix: Optional[Callable], columns: List[str],
+            workers: Dict):
+    """data.batch of `records` encoded records whose per_batch_map (RepeatedBatch) makes the batch's `rows`
+    from them: decoded, augmented, stacked and mixed in the batch op's workers (data.create_dataset uses it
+    with rows 0 .. records - 1: one copy of each record)."""
+    make = RepeatedBatch(ops, rows, mix)
     # MindSpore checks that per_batch_map's signature has one argument per column (and batch_info)
     if len(columns) == 3:
         def per_batch(images, labels, text_emb, batch_info):
@@ -138,6 +148,4 @@ def batch(data, records: int, ops: List, cfg: Dict, columns: List[str], mix: Opt
     else:
         def per_batch(images, labels, text_emb, index, batch_info):
             return make(images, labels, text_emb, index, batch_info)
-    per_step = -(-size * world_size // r)
-    return (data.batch(per_step, drop_remainder=True, per_batch_map=per_batch, input_columns=columns, **workers),
-            records // per_step * size)
+    return data.batch(records, drop_remainder=True, per_batch_map=per_batch, input_columns=columns, **workers)

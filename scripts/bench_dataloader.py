@@ -44,7 +44,8 @@ RECIPES = {"resnet50": ("configs/imagenet_resnet50.yaml", []),
            "deit-ra3": ("configs/imagenet_deit_small.yaml", [])}
 
 
-MODES = {"threads": False, "processes": True, "mix-in-main": "mix-in-main"}  # ours: -> spec["pm"]
+# ours: -> spec["pm"]; per-image and mix-in-main are experiments (what data.py did before, and a variant of it)
+MODES = {"threads": False, "processes": True, "per-image": "per-image", "mix-in-main": "mix-in-main"}
 
 
 def config(recipe, data_dir, workers, batch, pm):
@@ -65,10 +66,18 @@ class NullTransform:
         return np.ones((3, 224, 224), np.float32)
 
 
+def per_image():
+    """Mode `per-image` (data.py before the batch workers made the rows, data.rows_in_batch_workers): a
+    map's worker processes send each image, a batch op's worker processes mix each batch."""
+    from ms_gpt4image import data
+    data.rows_in_batch_workers = lambda cfg, train: False
+
+
 def mix_in_main_process():
-    """Mode `mix-in-main` (an experiment, not what data.py does): the map's workers stay processes, the
-    mixing batch op runs in one thread of the main process, where the DataLoader's loop mixes."""
+    """Mode `mix-in-main` (an experiment, not what data.py does): `per-image`, with the mixing batch op in
+    one thread of the main process, where the DataLoader's loop mixes."""
     import mindspore.dataset as ds
+    per_image()
     batch = ds.Dataset.batch
 
     def patched(self, *args, **kwargs):
@@ -81,6 +90,8 @@ def mix_in_main_process():
 def run_ours(spec):
     if spec["pm"] == "mix-in-main":
         mix_in_main_process()
+    elif spec["pm"] == "per-image":
+        per_image()
     cfg = config(spec["recipe"], spec["data_dir"], spec["workers"], spec["batch"], spec["pm"] is not False)
     from ms_gpt4image import data as data_module
     from ms_gpt4image.data import create_dataset
@@ -186,7 +197,8 @@ def main(argv=None):
     ap.add_argument("--recipes", default="resnet50,deit")
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--modes", default="threads,processes",
-                    help="ours: python_multiprocessing false / true; mix-in-main: processes, the mixup batch op in the main process")
+                    help="ours: python_multiprocessing false / true; per-image: processes as data.py ran them before the "
+                         "batch workers made the rows; mix-in-main: per-image, mixing in the main process")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)

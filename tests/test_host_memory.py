@@ -121,15 +121,16 @@ def _ours_sysv_bytes(pid: int) -> int:
 
 @pytest.mark.skipif(not os.path.exists("/proc/sysvipc/shm"), reason="needs Linux /proc/sysvipc")
 def test_estimate_matches_a_measured_pipeline(packed):
-    """The ConvNeXt recipe's pipeline (map + mixup batch in 2 worker processes, float32) at 64 px: the
-    peak of the System V segments it creates is the estimate's train pools (+ message headers)."""
+    """The ConvNeXt recipe's pipeline (2 batch worker processes that make and mix the rows, float32) at
+    64 px: the peak of the System V segments it creates is the estimate's train pool (+ message headers)."""
     cfg = load_config("configs/imagenet_convnext_tiny.yaml",
                       [f"data_dir={packed / 'data'}", "image_size=64", "batch_size=16", "num_parallel_workers=2"])
     assert cfg["python_multiprocessing"] and cfg["mixup"] > 0
     est = hm.estimate(cfg, 1, kind="sysv", encoded_bytes=1)  # the PNGs (<1 KB) are smaller than the images
     pools = [p for p in est["pools"] if p["op"].startswith("train")]
     train = sum(p["workers"] * p["segment_bytes"] for p in pools)
-    assert train == 2 * (16 * (3 * 64 * 64 * 4 + 4 * 10)) + 2 * 3 * 64 * 64 * 4
+    assert [p["op"] for p in pools] == ["train batch (rows and mixup)"]
+    assert train == 2 * 16 * (3 * 64 * 64 * 4 + 4 * 10 + 4 * 384)  # out: images, soft targets, embeddings
     most = sum(p["workers"] * p["peak_bytes"] for p in pools)
     peak, stop = [0], threading.Event()
 
