@@ -126,7 +126,14 @@ def test_estimate_matches_a_measured_pipeline(packed):
     cfg = load_config("configs/imagenet_convnext_tiny.yaml",
                       [f"data_dir={packed / 'data'}", "image_size=64", "batch_size=16", "num_parallel_workers=2"])
     assert cfg["python_multiprocessing"] and cfg["mixup"] > 0
-    est = hm.estimate(cfg, 1, kind="sysv", encoded_bytes=1)  # the PNGs (<1 KB) are smaller than the images
+    from mindspore.mindrecord import FileReader
+    from ms_gpt4image.data import load_manifest, split_files
+    encoded = 0
+    for f in split_files(cfg["data_dir"], load_manifest(cfg["data_dir"]), "train"):
+        reader = FileReader(f, columns=["image"])
+        encoded = max([encoded] + [len(bytes(r["image"])) for r in reader.get_next()])
+        reader.close()
+    est = hm.estimate(cfg, 1, kind="sysv", encoded_bytes=encoded)  # the largest PNG (<1 KB)
     pools = [p for p in est["pools"] if p["op"].startswith("train")]
     train = sum(p["workers"] * p["segment_bytes"] for p in pools)
     assert [p["op"] for p in pools] == ["train batch (rows and mixup)"]
