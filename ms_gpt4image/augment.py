@@ -341,15 +341,29 @@ class TrainTransform:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
         return img if self.augment is None else self.augment(img)
 
-    def __call__(self, encoded) -> np.ndarray:
+    def __call__(self, encoded, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """-> the CHW image, written into `out` (a row of a batch: stack) where given."""
         self.salt()
-        image = self.augment_pil(decode(encoded))
+        chw = np.asarray(self.augment_pil(decode(encoded))).transpose(2, 0, 1)
         if not self.normalize:
-            return np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1))
-        chw = np.asarray(image).transpose(2, 0, 1).astype(np.float32, order="C")
-        chw -= self.shift
-        chw *= self.scale
-        return chw if self.erasing is None else self.erasing(chw)
+            if out is None:
+                return np.ascontiguousarray(chw)
+            out[...] = chw
+            return out
+        out = np.empty(chw.shape, np.float32) if out is None else out
+        np.subtract(chw, self.shift, out=out)  # the float32 image less the mean, in one pass
+        out *= self.scale
+        return out if self.erasing is None else self.erasing(out, inplace=True)
+
+    def stack(self, encoded: Sequence) -> np.ndarray:
+        """The images of `encoded`, in turn, written straight into one N x C x H x W batch: what np.stack of
+        their calls gives, without a second copy of every image (8% of a DeiT batch worker's time)."""
+        first = self(encoded[0])
+        batch = np.empty((len(encoded),) + first.shape, first.dtype)
+        batch[0] = first
+        for row, image in zip(batch[1:], encoded[1:]):
+            self(image, out=row)
+        return batch
 
 
 def decode(encoded) -> Image.Image:
@@ -402,12 +416,14 @@ class RandomErasing:
                     break
         return out
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
+    def __call__(self, image: np.ndarray, inplace: bool = False) -> np.ndarray:
+        """`inplace`: erase `image` itself (a float32 array of the caller's) instead of a copy."""
         channels, height, width = image.shape
         boxes = self.boxes(height, width)
         if not boxes:
             return image
-        image = np.array(image, dtype=np.float32)  # a writable copy
+        if not inplace:
+            image = np.array(image, dtype=np.float32)  # a writable copy
         for top, left, h, w in boxes:
             if self.mode == "pixel":
                 fill = np.random.standard_normal((channels, h, w))

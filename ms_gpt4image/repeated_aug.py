@@ -118,7 +118,11 @@ class RepeatedBatch:
             decoded[i] = np.frombuffer(images[i], np.uint8)
             if self.decode is not None:
                 decoded[i] = self.decode(decoded[i])
-        images = np.stack([self.augment(decoded[i]) for i in self.rows])
+        rows = [decoded[i] for i in self.rows]
+        if len(self.rest) == 1 and hasattr(self.rest[0], "stack"):  # augment.TrainTransform: rows into one array
+            images = self.rest[0].stack(rows)
+        else:
+            images = np.stack([self.augment(image) for image in rows])
         labels = np.stack(labels)[self.rows]
         if self.mix is not None:
             images, labels = self.mix(images, labels)

@@ -519,6 +519,30 @@ def test_data_ops_are_these_transforms(test_image):
     assert other(encoded).shape == (3, 64, 64)
 
 
+@pytest.mark.parametrize("normalize", [True, False])
+def test_stacked_batch_is_the_images_one_by_one(normalize, test_image):
+    """TrainTransform.stack (the batch workers write each image into the batch) equals np.stack of its
+    calls under the same seeds, to the bit: RandAugment, flip, normalisation, pixel erasing (float32),
+    or the uint8 crop (device_normalize)."""
+    import io
+    images = []
+    for k, size in enumerate([(64, 48), (40, 90), (33, 33)]):
+        buf = io.BytesIO()
+        test_image.resize(size).rotate(30 * k).save(buf, "PNG")
+        images.append(np.frombuffer(buf.getvalue(), np.uint8))
+    t = A.TrainTransform(A.RandomResizedCrop(24), augment=A.parse_rand_policy("randaug-m9-mstd0.5-inc1"),
+                         erasing=A.RandomErasing(0.5) if normalize else None, normalize=normalize)
+    random.seed(3)
+    np.random.seed(3)
+    want = np.stack([t(image) for image in images * 4])
+    random.seed(3)
+    np.random.seed(3)
+    got = t.stack(images * 4)
+    assert got.dtype == (np.float32 if normalize else np.uint8) and got.shape == (12, 3, 24, 24)
+    np.testing.assert_array_equal(got, want)
+    assert len({row.tobytes() for row in got}) == 12
+
+
 def _numpy_draws(_):
     return np.random.random(4)
 
