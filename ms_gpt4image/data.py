@@ -143,15 +143,17 @@ def _mixup(cfg: Dict, manifest: Dict, rank: int = 0) -> Optional[PerMicroBatch]:
 
 
 def rows_in_batch_workers(cfg: Dict, train: bool) -> bool:
-    """Whether the training batch op's worker processes make the batch's rows themselves (decode, augment,
-    stack, mix: repeated_aug.rows_op), as the DataLoader's workers do, instead of a map's workers sending
-    each image. Where mixup runs in worker processes their pool holds whole batches anyway; each image
-    crossing shared memory into the main process, and each batch into the mixing pool and back, held
-    DeiT's pipeline at 0.84 of the DataLoader with 2 workers (scripts/bench_dataloader.py,
-    docs/benchmarks.md). Needs Python ops (transforms: imagenet): MindSpore's own random ops, called
-    eagerly in a per_batch_map, are re-seeded on every call (repeated_aug.py)."""
-    return (train and cfg["python_multiprocessing"] and cfg["transforms"] == "imagenet"
-            and (cfg["mixup"] > 0 or cfg["cutmix"] > 0))
+    """Whether the training batch op's workers make the batch's rows themselves (decode, augment, write
+    into the batch, mix: repeated_aug.rows_op), as the DataLoader's workers do, instead of a map's workers
+    sending each image to a batch op whose workers mix it. So it is with mixup/cutmix and Python
+    transforms (`transforms: imagenet`; MindSpore's own random ops, called eagerly in a per_batch_map, are
+    re-seeded on every call: repeated_aug.py) and 2 or more workers. Measured on DeiT's transforms with
+    2 workers (scripts/bench_dataloader.py, docs/benchmarks.md): processes 1.14x the DataLoader instead of
+    0.88x (each image crossed shared memory to the main process, each batch to the mixing pool and
+    back), threads +25%. With one worker the map and the mixing run side by side in two, which
+    making the rows in one worker gives up (threads: -12%)."""
+    return (train and cfg["transforms"] == "imagenet" and (cfg["mixup"] > 0 or cfg["cutmix"] > 0)
+            and cfg["num_parallel_workers"] > 1)
 
 
 def _encoded_as_uint8(encoded):

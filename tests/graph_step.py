@@ -1,6 +1,7 @@
-"""One graph-mode training step of every registered backbone at 32 px, then a MindIR export of the
-trained backbone and its reload (tests/test_models.py). Prints one JSON line per backbone: the losses,
-which weights changed, and how far the reloaded MindIR's logits are from the network's."""
+"""One graph-mode training step of every registered backbone at 32 px, then its eval forward (feature,
+logits, head) and a MindIR export of the trained backbone and its reload (tests/test_models.py). Prints one
+JSON line per backbone: the losses, which weights changed, the forward's shapes, and how far the head's and
+the reloaded MindIR's logits are from the network's."""
 import json
 import sys
 import tempfile
@@ -26,18 +27,22 @@ SMALL_KWARGS = {"resnet18_cifar": {"width": 8}, "hiera_large_224": {"embed_dim":
                 "hiera_huge_224": {"embed_dim": 32, "stages": (2, 6, 6, 4)}}
 
 
-def export_and_reload(backbone, x) -> float:
-    """Max |logits(MindIR reloaded) - logits(network)| in eval mode. The network's logits are computed
-    op by op (PyNative): a graph-mode call would compile the forward a third time (besides the export
-    and the reload), about a fifth of this script's time."""
+def eval_forward_and_mindir(backbone, x) -> dict:
+    """In eval mode, op by op (PyNative): the feature's and the logits' shapes, max |forward_head(feature)
+    - logits|; then max |logits(MindIR reloaded) - logits|. (A graph-mode call for the reference logits
+    would compile the forward a third time, besides the export and the reload: a fifth of this script.)"""
     backbone.set_train(False)
     ms.set_context(mode=ms.PYNATIVE_MODE)
+    feature = backbone.forward_features(x)
     want = backbone(x).asnumpy()
+    head = backbone.forward_head(feature).asnumpy()
     ms.set_context(mode=ms.GRAPH_MODE)
     with tempfile.TemporaryDirectory() as tmp:
         ms.export(backbone, x, file_name=str(Path(tmp) / "net"), file_format="MINDIR")
         got = nn.GraphCell(ms.load(str(Path(tmp) / "net.mindir")))(x).asnumpy()
-    return float(np.abs(got - want).max())
+    return {"feature_shape": list(feature.shape), "num_features": backbone.num_features,
+            "logits_shape": list(want.shape), "head_max_abs_diff": float(np.abs(head - want).max()),
+            "mindir_max_abs_diff": float(np.abs(got - want).max())}
 
 
 def main():
@@ -55,9 +60,8 @@ def main():
         before = {p.name: p.asnumpy().copy() for p in net.trainable_params()}
         losses = [float(v.asnumpy()) for v in step(x, y, t)]
         changed = [p.name for p in net.trainable_params() if not np.array_equal(before[p.name], p.asnumpy())]
-        mindir_diff = export_and_reload(net.backbone, x)
         print(json.dumps({"backbone": name, "losses": losses, "changed": changed, "params": list(before),
-                          "mindir_max_abs_diff": mindir_diff}), flush=True)
+                          **eval_forward_and_mindir(net.backbone, x)}), flush=True)
 
 
 if __name__ == "__main__":

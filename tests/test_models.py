@@ -5,7 +5,6 @@ import pytest
 import mindspore as ms
 
 from ms_gpt4image.gpt4image import GPT4ImageNet, Projector
-from graph_step import SMALL_KWARGS
 from ms_gpt4image.models import create_backbone, list_backbones
 
 MS_MODE = ms.PYNATIVE_MODE  # set around each test by conftest._ms_mode
@@ -13,16 +12,6 @@ MS_MODE = ms.PYNATIVE_MODE  # set around each test by conftest._ms_mode
 PUBLISHED_M = {"resnet18": 11.7, "resnet50": 25.6, "deit_small": 22.1, "deit_base": 86.6,
                "convnext_tiny": 28.6, "convnext_small": 50.2, "convnext_base": 88.6,
                "resnet18_cifar": 11.2}  # CIFAR ResNet-18 at 10 classes (He et al. variant)
-
-
-@pytest.mark.parametrize("name", list_backbones())
-def test_every_backbone_gives_feature_and_logits(name):
-    net = create_backbone(name, num_classes=7, image_size=32, **SMALL_KWARGS.get(name, {}))
-    net.set_train(False)
-    x = ms.Tensor(np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32))
-    f, logits = net.forward_features(x), net(x)
-    assert f.shape == (2, net.num_features) and logits.shape == (2, 7)
-    np.testing.assert_allclose(net.forward_head(f).asnumpy(), logits.asnumpy(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_M))
@@ -115,8 +104,9 @@ GRAPH_CHUNKS = 4  # of the backbones, one process each, spread over the test wor
 
 @pytest.mark.parametrize("chunk", range(GRAPH_CHUNKS))
 def test_every_backbone_trains_one_step_in_graph_mode_and_exports_mindir(chunk):
-    """Every GRAPH_CHUNKS-th backbone from `chunk` on, in its own process: graph mode for the whole run,
-    separate from this file's PyNative tests."""
+    """Every GRAPH_CHUNKS-th backbone from `chunk` on, in its own process (tests/graph_step.py): one
+    graph-mode training step; then in eval mode its feature and logits (forward_head(feature) = the
+    logits; eagerly, in PyNative) and its MindIR export, reloaded."""
     import json
     from conftest import ROOT, run_cli
     names = list_backbones()[chunk::GRAPH_CHUNKS]
@@ -124,6 +114,9 @@ def test_every_backbone_trains_one_step_in_graph_mode_and_exports_mindir(chunk):
                                           .stdout.strip().splitlines())}
     assert sorted(rows) == sorted(names)
     for name, r in rows.items():
+        # the eval forward (feature -> head = the logits), in the process that built the backbone once
+        assert r["feature_shape"] == [4, r["num_features"]] and r["logits_shape"] == [4, 10], (name, r)
+        assert r["head_max_abs_diff"] < 1e-5, (name, r["head_max_abs_diff"])
         assert all(np.isfinite(r["losses"])), name
         assert r["mindir_max_abs_diff"] < 1e-5, (name, r["mindir_max_abs_diff"])  # the reloaded MindIR
         # the first and last layers and the projector moved; ConvNeXt's layer scale (1e-6 at init) makes
