@@ -1,15 +1,17 @@
-"""One training step, data-parallel over msrun workers or in a single process, for the parity test.
+"""One training step per case, data-parallel over msrun workers or in a single process, for the parity
+test: every case in one launch (one msrun, one process start and communicator for all of them).
 
-  msrun --worker_num=2 ... tests/dist_parity.py --loss clip --out DIR     (each rank: half the batch)
-  python tests/dist_parity.py --loss clip --out DIR --single              (one process, whole batch)
+  msrun --worker_num=2 ... tests/dist_parity.py --out DIR              (each rank: half the batch)
+  python tests/dist_parity.py --out DIR --single                       (one process, whole batch)
+  --cases clip,infonce                                                  (default: every case of CASES)
 
 Single-process objective: clip -> the loss on the whole global batch (its negatives are global either
 way); infonce -> the mean of the two halves' losses (its negatives are local by definition).
-Writes DIR/{dist,single}.npz with the loss and every parameter after the step.
+Writes DIR/CASE_{dist_rankR,single}.npz with the losses, every parameter after the step and its update.
 
-Accumulation (tests/test_accumulation.py): `--accumulate N` cuts each process's rows into N micro-batches;
-`--negatives global` takes the alignment's negatives from the whole global batch (gradient caching);
-`--whole` makes the single process's objective the loss on the whole batch (infonce included).
+Accumulation (tests/test_accumulation.py): `accumulate` cuts each process's rows into micro-batches;
+`negatives: global` takes the alignment's negatives from the whole global batch (gradient caching);
+`whole` makes the single process's objective the loss on the whole batch (infonce included).
 """
 import argparse
 import sys
@@ -29,6 +31,13 @@ from ms_gpt4image.losses import GPT4ImageLoss  # noqa: E402
 from ms_gpt4image.models import create_backbone  # noqa: E402
 
 GLOBAL_BATCH, HALVES, DIM, LAM, TAU = 8, 2, 16, 0.5, 0.5
+# case -> (loss, the workers' options, the single process's): plain data parallel; 2 workers x 2 accumulated
+# micro-batches = 1 process x 4 (infonce's negatives per micro-batch); gradient caching on 2 workers x 2
+# = 1 process on the whole batch, for infonce and clip
+CASES = {"clip": ("clip", {}, {}), "infonce": ("infonce", {}, {}),
+         "infonce-accumulate": ("infonce", {"accumulate": 2}, {"accumulate": 4}),
+         "infonce-global": ("infonce", {"accumulate": 2, "negatives": "global"}, {"whole": True}),
+         "clip-global": ("clip", {"accumulate": 2, "negatives": "global"}, {"whole": True})}
 
 
 class HalvesLoss(nn.Cell):
@@ -45,20 +54,9 @@ class HalvesLoss(nn.Cell):
         return 0.5 * (t1 + t2), 0.5 * (c1 + c2), 0.5 * (a1 + a2)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--loss", required=True, choices=["clip", "infonce"])
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--single", action="store_true")
-    ap.add_argument("--accumulate", type=int, default=1)
-    ap.add_argument("--negatives", default="local", choices=["local", "global"])
-    ap.add_argument("--whole", action="store_true")
-    a = ap.parse_args()
-    glob = a.negatives == "global"
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU")
-    ms.set_seed(0)  # identical initial weights on every rank
-    world = init_distributed()
+def step(world, kind: str, accumulate: int = 1, negatives: str = "local", whole: bool = False) -> dict:
+    """One step of a fresh net (the same initial weights on every rank) on this process's rows."""
+    glob = negatives == "global"
     rng = np.random.default_rng(0)
     x = rng.normal(size=(GLOBAL_BATCH, 3, 16, 16)).astype(np.float32)
     y = rng.integers(0, 10, GLOBAL_BATCH).astype(np.int32)
@@ -67,22 +65,36 @@ def main():
     if world.distributed:
         b = GLOBAL_BATCH // world.size
         x, y, t = (v[world.rank * b:(world.rank + 1) * b] for v in (x, y, t))
-        loss = GPT4ImageLoss(LAM, a.loss, TAU, world_size=world.size, rank=world.rank, global_negatives=glob)
-    elif a.loss == "clip" or a.whole or a.accumulate > 1:
-        loss = GPT4ImageLoss(LAM, a.loss, TAU, global_negatives=glob)
+        loss = GPT4ImageLoss(LAM, kind, TAU, world_size=world.size, rank=world.rank, global_negatives=glob)
+    elif kind == "clip" or whole or accumulate > 1:
+        loss = GPT4ImageLoss(LAM, kind, TAU, global_negatives=glob)
     else:
-        loss = HalvesLoss(a.loss)
+        loss = HalvesLoss(kind)
+    ms.set_seed(0)  # identical initial weights on every rank, in every case
     net = GPT4ImageNet(create_backbone("simple_cnn", num_classes=10, width=8), DIM)
     opt = nn.Momentum(net.trainable_params(), learning_rate=0.5, momentum=0.9)
-    step = TrainStep(NetWithLoss(net, loss), opt, accumulate_steps=a.accumulate, global_negatives=glob)
-    step.set_train(True)
+    train = TrainStep(NetWithLoss(net, loss), opt, accumulate_steps=accumulate, global_negatives=glob)
+    train.set_train(True)
     before = {p.name: p.asnumpy().copy() for p in net.trainable_params()}
-    total, ce, align = step(ms.Tensor(x), ms.Tensor(y), ms.Tensor(t))
+    total, ce, align = train(ms.Tensor(x), ms.Tensor(y), ms.Tensor(t))
     after = {p.name: p.asnumpy() for p in net.trainable_params()}
-    name = "single" if not world.distributed else f"dist_rank{world.rank}"
-    np.savez(Path(a.out) / f"{name}.npz", loss=float(total.asnumpy()), ce=float(ce.asnumpy()),
-             align=float(align.asnumpy()), **{f"p:{k}": v for k, v in after.items()},
-             **{f"d:{k}": after[k] - before[k] for k in after})
+    return dict(loss=float(total.asnumpy()), ce=float(ce.asnumpy()), align=float(align.asnumpy()),
+                **{f"p:{k}": v for k, v in after.items()}, **{f"d:{k}": after[k] - before[k] for k in after})
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--single", action="store_true")
+    ap.add_argument("--cases", default=",".join(CASES))
+    a = ap.parse_args()
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device("CPU")
+    world = init_distributed()
+    for case in a.cases.split(","):
+        kind, dist, single = CASES[case]
+        name = "single" if not world.distributed else f"dist_rank{world.rank}"
+        np.savez(Path(a.out) / f"{case}_{name}.npz", **step(world, kind, **(single if a.single else dist)))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_cli
+from dist_parity import CASES
 
 MSRUN = str(ROOT / ".venv" / "bin" / "msrun") if (ROOT / ".venv" / "bin" / "msrun").exists() else "msrun"
 
@@ -30,23 +31,20 @@ def msrun(tmp_path, script, *args, workers=2):
     return log_dir
 
 
-# (the loss, the workers' options, the single process's): plain data parallel; 2 workers x 2 accumulated
-# micro-batches = 1 process x 4 (infonce's negatives per micro-batch); gradient caching on 2 workers x 2
-# = 1 process on the whole batch, for infonce and clip
-CASES = {"clip": ("clip", [], []), "infonce": ("infonce", [], []),
-         "infonce-accumulate": ("infonce", ["--accumulate", 2], ["--accumulate", 4]),
-         "infonce-global": ("infonce", ["--accumulate", 2, "--negatives", "global"], ["--whole"]),
-         "clip-global": ("clip", ["--accumulate", 2, "--negatives", "global"], ["--whole"])}
+@pytest.fixture(scope="module")
+def parity(tmp_path_factory):
+    """Every case of tests/dist_parity.py in one msrun launch of 2 workers and one single process."""
+    out = tmp_path_factory.mktemp("parity")
+    script = ROOT / "tests" / "dist_parity.py"
+    msrun(out, script, "--out", out)
+    run_cli(script, "--out", out, "--single")
+    return out
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_two_workers_match_one_process(case, tmp_path):
-    loss, workers, single = CASES[case]
-    script = ROOT / "tests" / "dist_parity.py"
-    msrun(tmp_path, script, "--loss", loss, "--out", tmp_path, *workers)
-    run_cli(script, "--loss", loss, "--out", tmp_path, "--single", *single)
-    single = np.load(tmp_path / "single.npz")
-    ranks = [np.load(tmp_path / f"dist_rank{r}.npz") for r in range(2)]
+def test_two_workers_match_one_process(case, parity):
+    single = np.load(parity / f"{case}_single.npz")
+    ranks = [np.load(parity / f"{case}_dist_rank{r}.npz") for r in range(2)]
     # the objective: the mean of the ranks' losses is the single process's loss
     for key in ("loss", "ce", "align"):
         np.testing.assert_allclose(np.mean([float(r[key]) for r in ranks]), float(single[key]), rtol=1e-5)
