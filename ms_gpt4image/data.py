@@ -145,15 +145,20 @@ def _mixup(cfg: Dict, manifest: Dict, rank: int = 0) -> Optional[PerMicroBatch]:
 def rows_in_batch_workers(cfg: Dict, train: bool) -> bool:
     """Whether the training batch op's workers make the batch's rows themselves (decode, augment, write
     into the batch, mix: repeated_aug.rows_op), as the DataLoader's workers do, instead of a map's workers
-    sending each image to a batch op whose workers mix it. So it is with mixup/cutmix and Python
-    transforms (`transforms: imagenet`; MindSpore's own random ops, called eagerly in a per_batch_map, are
-    re-seeded on every call: repeated_aug.py) and 2 or more workers. Measured on DeiT's transforms with
-    2 workers (scripts/bench_dataloader.py, docs/benchmarks.md): processes 1.14x the DataLoader instead of
-    0.88x (each image crossed shared memory to the main process, each batch to the mixing pool and
-    back), threads +25%. With one worker the map and the mixing run side by side in two, which
-    making the rows in one worker gives up (threads: -12%)."""
-    return (train and cfg["transforms"] == "imagenet" and (cfg["mixup"] > 0 or cfg["cutmix"] > 0)
-            and cfg["num_parallel_workers"] > 1)
+    handing over each image. Needs Python transforms (`transforms: imagenet`: MindSpore's own random ops,
+    called eagerly in a per_batch_map, are re-seeded on every call: repeated_aug.py) and 2 or more
+    workers, and then measured (scripts/bench_dataloader.py, docs/benchmarks.md):
+    * with mixup/cutmix (its batch op's workers hold whole batches anyway): DeiT's transforms in 2
+      processes 1.10x the DataLoader instead of 0.84x (each image crossed shared memory to the main
+      process, each batch to the mixing pool and back); in 2 threads +25%;
+    * without, in threads: ResNet-50's transforms +25% (one Python call a batch instead of one an image);
+      in processes the map stays: no gain measured, and a worker's shared memory would grow from one image
+      to a batch (ResNet-50's 256 float32 images: 154 MB);
+    * with one worker the map and the batch op run side by side in two, which one worker making the rows
+      gives up (DeiT in threads: -12%)."""
+    mixing = cfg["mixup"] > 0 or cfg["cutmix"] > 0
+    return (train and cfg["transforms"] == "imagenet" and cfg["num_parallel_workers"] > 1
+            and (mixing or not cfg["python_multiprocessing"]))
 
 
 def _encoded_as_uint8(encoded):

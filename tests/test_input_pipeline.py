@@ -126,17 +126,23 @@ def test_python_transforms_in_worker_processes(packed, monkeypatch):
     assert "MapCleanProcess" not in killed, killed
 
 
-def test_batch_workers_make_the_rows_of_the_records_the_map_path_reads(packed, monkeypatch):
-    """The ConvNeXt recipe (mixup, no repeated augmentation) in worker processes: the batch op's workers
-    decode, augment, stack and mix the rows (data.rows_in_batch_workers). Its batches hold the records the
-    per-image path (a map's workers, then a mixing pool) reads, in the same order, each row with its
-    record's text embedding and its label in the soft target; and the same seed gives the same pixels."""
+@pytest.mark.parametrize("recipe", ["convnext_tiny", "resnet50-threads"])
+def test_batch_workers_make_the_rows_of_the_records_the_map_path_reads(recipe, packed, monkeypatch):
+    """The batch op's workers decode, augment, write into the batch and mix the rows
+    (data.rows_in_batch_workers): the ConvNeXt recipe (mixup, no repeated augmentation) in worker
+    processes, and the ResNet-50 recipe (no mixup, uint8 to the device) in worker threads. The batches hold
+    the records the per-image path (a map's workers, then the batch op) reads, in the same order, each row
+    with its record's text embedding and its label (in the soft target, mixed); and with worker processes
+    the same seed gives the same pixels (threads share Python's generator: not reproducible either way)."""
     from mindspore.mindrecord import FileReader
     from ms_gpt4image import data as data_module
     from ms_gpt4image.data import load_manifest, split_files
-    cfg = load_config("configs/imagenet_convnext_tiny.yaml", [f"data_dir={packed / 'data'}", "image_size=32",
-                                                               "batch_size=8", "num_parallel_workers=2"])
+    threads = recipe.endswith("-threads")
+    cfg = load_config(f"configs/imagenet_{recipe.split('-')[0]}.yaml",
+                      [f"data_dir={packed / 'data'}", "image_size=32", "batch_size=8", "num_parallel_workers=2"]
+                      + (["python_multiprocessing=false"] if threads else []))
     assert data_module.rows_in_batch_workers(cfg, train=True)
+    mixing = cfg["mixup"] > 0
 
     def batches():
         data, _ = create_dataset(cfg, "train", with_index=True)
@@ -150,16 +156,21 @@ def test_batch_workers_make_the_rows_of_the_records_the_map_path_reads(packed, m
     assert len(ours) == 80 // 8
     smoothing = cfg["label_smoothing"]
     for image, target, emb, index in ours:
-        assert image.shape == (8, 3, 32, 32) and image.dtype == np.float32 and target.shape == (8, 10)
+        assert image.shape == (8, 3, 32, 32) and image.dtype == (np.float32 if mixing else np.uint8)
         np.testing.assert_array_equal(emb, np.stack([records[int(i)][1] for i in index]))
+        labels = [records[int(i)][0] for i in index]
+        if not mixing:
+            assert target.tolist() == labels
+            continue
         # mixup's targets: lam * smoothed(labels) + (1 - lam) * smoothed(labels of the reversed batch)
-        smoothed = np.full((8, 10), smoothing / 10) + (1 - smoothing) * np.eye(10)[[records[int(i)][0] for i in index]]
+        smoothed = np.full((8, 10), smoothing / 10) + (1 - smoothing) * np.eye(10)[labels]
         pair = smoothed[::-1]
         row = int(np.argmax(np.abs(smoothed - pair).sum(axis=1)))  # a row whose pair has another label
         label = int(np.argmax(smoothed[row]))
         lam = (target[row, label] - pair[row, label]) / (smoothed[row, label] - pair[row, label])
         np.testing.assert_allclose(target, lam * smoothed + (1 - lam) * pair, atol=1e-5)
-    np.testing.assert_array_equal(np.concatenate([b[0] for b in batches()]), np.concatenate([b[0] for b in ours]))
+    if not threads:
+        np.testing.assert_array_equal(np.concatenate([b[0] for b in batches()]), np.concatenate([b[0] for b in ours]))
     monkeypatch.setattr(data_module, "rows_in_batch_workers", lambda cfg, train: False)
     assert [b[3].tolist() for b in batches()] == [b[3].tolist() for b in ours]  # the map path's records
 
