@@ -250,9 +250,15 @@ def pipeline_errors(split: str, data_dir):
         if "Pipeline Error" not in text and "dataset pipeline" not in text.lower():
             raise
         lines = [l.strip() for l in text.splitlines() if l.strip() and not set(l.strip()) <= set("-")]
-        detail = next((l for l in lines if l.startswith("[ERROR]")), None) or \
+        # a Python op's own exception (the last "SomethingError: ..." of the Python call stack) says more
+        # than MindSpore's "[ERROR] Execute user Python code failed, check 'Python Call Stack' above"
+        stack = text.split("Python Call Stack", 1)[1].split("Dataset Pipeline Error Message")[0] \
+            if "Python Call Stack" in text else ""
+        raised = [l.strip() for l in stack.splitlines() if re.match(r"^\s*[\w.]*(Error|Exception)\w*: ", l)]
+        detail = (raised[-1] if raised else None) or next((l for l in lines if l.startswith("[ERROR]")), None) or \
             next((l for l in lines if "Exception" in l or "Error" in l), lines[0] if lines else text)
         detail = re.sub(r"^\[ERROR\]\s*", "", detail)
+        detail = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", detail)  # PIL's name for the bytes
         raise PipelineError(f"{split} split of {data_dir}: the input pipeline failed: {detail[:300]} -- check the "
                             f"images with `python -m export verify {data_dir}` and the transform keys of the "
                             f"config (image_size, crop_padding, transforms)") from None

@@ -82,9 +82,12 @@ def test_small_transforms_take_images_of_any_size(tmp_path):
     assert summary["train_images"] == 24 and summary["eval_images"] == 12
 
 
-def test_a_broken_image_is_one_clear_line(packed, tmp_path):
+@pytest.mark.parametrize("python_ops", [False, True])
+def test_a_broken_image_is_one_clear_line(python_ops, packed, tmp_path):
     """An image that cannot be decoded (bytes flipped inside the packed file) stops training with one
-    line naming the split and what to do: exit 2, no traceback."""
+    line naming the split and what to do: exit 2, no traceback. `python_ops`: the ImageNet transforms
+    with mixup in 2 worker processes (the batch workers make the rows): the line gives PIL's error,
+    not MindSpore's pointer to a Python call stack that is not shown."""
     shutil.copytree(packed / "data", tmp_path / "data")
     path = tmp_path / "data" / "train.mindrecord"
     blob = bytearray(path.read_bytes())
@@ -93,12 +96,16 @@ def test_a_broken_image_is_one_clear_line(packed, tmp_path):
     path.write_bytes(bytes(blob))
     cfg = tmp_path / "broken.yaml"
     cfg.write_text(f"data_dir: {tmp_path / 'data'}\noutput_dir: {tmp_path / 'run'}\nmodel: simple_cnn\n"
-                   "batch_size: 16\nepoch_size: 1\n")
+                   "batch_size: 16\nepoch_size: 1\n" + ("transforms: imagenet\nimage_size: 32\nmixup: 0.8\n"
+                                                        "python_multiprocessing: true\nnum_parallel_workers: 2\n"
+                                                        if python_ops else ""))
     p = run_cli("-m", "ms_gpt4image", "train", "-c", cfg, check=False)
     assert p.returncode == 2, p.stderr[-2000:]
     assert "Traceback" not in p.stderr
-    error = [l for l in p.stderr.splitlines() if l.startswith("error:")]
+    error = [l for l in p.stderr.replace("\r", "\n").splitlines() if l.startswith("error:")]
     assert len(error) == 1 and "train split of" in error[0] and "export verify" in error[0], p.stderr[-2000:]
+    if python_ops:
+        assert "UnidentifiedImageError: cannot identify image file --" in error[0], error[0]
 
 
 def test_python_transforms_in_worker_processes(packed, monkeypatch):
