@@ -28,9 +28,9 @@ SharedMemoryQueue`; not checked here, only 2.7.2 installs) rows are taken to go 
 
 What the recipes send per worker (S = image_size, B = batch_size, K classes, D text-embedding width, E one
 encoded image, W = world size, R = repeated_aug):
-* train batch with mixup/cutmix and Python transforms (`transforms: imagenet`; data.rows_in_batch_workers:
-  the batch op's workers make the rows): in B x (E + 4 + 4 D), out B x (image + 4 K + 4 D): the mixed
-  images, soft targets and text embeddings;
+* train batch with mixup/cutmix, Python transforms (`transforms: imagenet`) and 2 or more workers (the
+  batch op's workers make the rows: data.rows_in_batch_workers): in B x (E + 4 + 4 D), out B x (image +
+  4 K + 4 D): the mixed images, soft targets and text embeddings;
 * otherwise a train map: in E, out one image: 3 S^2 x 4 bytes (float32) or x 1 (uint8, device_input.py);
   and with mixup/cutmix a train batch (per_batch_map): in B x (image + 4), out B x (image + 4 K): the
   mixed images and soft targets; without mixup the batch op runs in C++ threads and needs none;
