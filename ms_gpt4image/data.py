@@ -149,8 +149,8 @@ def rows_in_batch_workers(cfg: Dict, train: bool) -> bool:
     called eagerly in a per_batch_map, are re-seeded on every call: repeated_aug.py) and 2 or more
     workers, and then measured (scripts/bench_dataloader.py, docs/benchmarks.md):
     * with mixup/cutmix (its batch op's workers hold whole batches anyway): DeiT's transforms in 2
-      processes 1.10x the DataLoader instead of 0.84x (each image crossed shared memory to the main
-      process, each batch to the mixing pool and back); in 2 threads +25%;
+      processes 1.07x the DataLoader, against 0.79x for the map path in the same rounds (each image
+      crossed shared memory to the main process, each batch to the mixing pool and back); in 2 threads +25%;
     * without, in threads: ResNet-50's transforms +25% (one Python call a batch instead of one an image);
       in processes the map stays: no gain measured, and a worker's shared memory would grow from one image
       to a batch (ResNet-50's 256 float32 images: 154 MB);
