@@ -158,5 +158,9 @@ def test_estimate_matches_a_measured_pipeline(packed):
     finally:
         stop.set()
         sampler.join()
-    assert len(running) == 5 and train <= running[-1] <= 1.001 * train, running  # the estimate (+ headers)
-    assert train <= peak[0] <= most, (peak[0], train, most)  # at most in + out per worker, in the first batches
+    # the estimate counts the arrays' bytes; each array in a message also has a header (measured: 146 B for
+    # the 3 out arrays of a worker), allowed at 64 B per array: 3 out, and 3 x 16 rows in
+    header = 64
+    assert len(running) == 5 and train <= running[-1] <= train + 2 * 3 * header, running
+    # at most in + out per worker, in the first batches (seen: most + 2,500 B once in a loaded run)
+    assert train <= peak[0] <= most + 2 * (3 + 3 * 16) * header, (peak[0], train, most)
