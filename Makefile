@@ -10,15 +10,23 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 setup: $(STAMP)
 
+# Python writes the bytecode of what a process imports beside its source, once. Some machines (this one) set
+# PYTHONDONTWRITEBYTECODE=1, with which every process of a run compiles MindSpore, torch and the rest again.
+unexport PYTHONDONTWRITEBYTECODE
+
 # torch first, pinned: it takes the local CPU wheel; anything unpinned would pull the CUDA build.
+# --no-compile: pip would byte-compile every module of every package (half the install time); instead the
+# packages' modules are compiled as they are first imported, those a run needs first by the import at the end.
+PIP_INSTALL := $(PY) -m pip install -q --no-compile
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -r requirements.txt
+	$(PIP_INSTALL) torch==2.13.0
+	$(PIP_INSTALL) -r requirements.txt
 	# timm 0.3.2, the reference of the fidelity tests (the version DeiT pins), outside site-packages and
 	# without its torchvision dependency (tests/timm_reference.py loads its modules)
-	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/ref/timm032 timm==0.3.2
+	$(PIP_INSTALL) --no-deps --upgrade --target $(VENV)/ref/timm032 timm==0.3.2
+	$(PY) -c "import mindspore, mindspore.dataset, mindcv, torch, transformers, sklearn, ray"
 	touch $(STAMP)
 
 data: $(FMNIST)
