@@ -1,5 +1,5 @@
 """scripts/reproduce.sh --dry-run-tiny: the whole chain of a paper table (describe with BLIP-2 in two shards
--> merge -> embed with CLIP -> pack -> verify -> baseline and GPT4Image for 3 seeds -> evaluate -> report ->
+-> merge -> embed with CLIP -> pack -> verify -> baseline and GPT4Image for 2 seeds -> evaluate -> report ->
 table beside the paper's) on a tiny CIFAR-10-format set with the tiny random BLIP-2 and CLIP, offline, on the
 CPU; a second run resumes (every stage skipped, same table); bad arguments exit 2 with the usage line."""
 import json
@@ -60,8 +60,10 @@ def test_dry_run_tiny_whole_chain_then_resume(tmp_path):
     run_cli(ROOT / "tests" / "make_tiny_vlms.py", "blip2", tmp_path / "blip2")
     run_cli(ROOT / "tests" / "make_tiny_clip.py", tmp_path / "clip")
     work = tmp_path / "work"
+    # two seeds (the script's default for CIFAR is 3): the seed loop and the paired report over the seeds
+    # are the same code for 2 as for 3, and the two trainings and evaluations fewer are a third of the run
     args = ("cifar10", "--dry-run-tiny", "--cifar-root", cifar, "--blip2", tmp_path / "blip2",
-            "--clip", tmp_path / "clip", "--work", work)
+            "--clip", tmp_path / "clip", "--work", work, "--seeds", 2)
     first = _ok(reproduce(*args))
     d = work / "cifar10"
 
@@ -75,15 +77,15 @@ def test_dry_run_tiny_whole_chain_then_resume(tmp_path):
     assert manifest["embedding"]["model"] == str(tmp_path / "clip") and manifest["embedding"]["dim"] == 24
     assert manifest["splits"]["train"]["count"] == 40 and manifest["splits"]["eval"]["count"] == 20
 
-    # three seeds of both arms, in demo.sh's layout, and the per-model report over them
+    # both seeds of both arms, in demo.sh's layout, and the per-model report over them
     run = d / "train" / "resnet18"
-    for seed in (42, 1, 2):
+    for seed in (42, 1):
         for arm in ("baseline", "gpt4image"):
             assert json.loads((run / f"seed_{seed}" / arm / "eval.json").read_text())["count"] == 20
     report = json.loads((run / "report.json").read_text())
-    assert sorted(report["per_seed"], key=int) == ["1", "2", "42"]
+    assert sorted(report["per_seed"], key=int) == ["1", "42"]
     base, ours = report["arms"]["baseline"]["top1"], report["arms"]["gpt4image"]["top1"]
-    assert base["n"] == ours["n"] == report["top1_difference"]["n"] == 3
+    assert base["n"] == ours["n"] == report["top1_difference"]["n"] == 2
     assert report["per_seed"]["42"]["gpt4image"]["lambda"] == 0.3 and report["per_seed"]["42"]["baseline"]["lambda"] == 0
 
     # the table: ours (mean +- std, paired difference with its interval and verdict) beside the paper's Table 2 row
@@ -103,7 +105,7 @@ def test_dry_run_tiny_whole_chain_then_resume(tmp_path):
     out = _ok(reproduce(*args)).stdout
     assert "describe: " in out and "exists, skipped" in out
     assert "embed: " in out and "pack: " in out
-    assert out.count("eval.json exists, skipped") == 6
+    assert out.count("eval.json exists, skipped") == 4
     assert "=== train" not in out and "=== describe" not in out and "=== pack" not in out
     assert (d / "table.md").read_text() == table
 
