@@ -119,36 +119,63 @@ def _ms_mode(request):
     ms.set_context(mode=before)
 
 
-@pytest.fixture(scope="session")
-def idx_root(tmp_path_factory) -> Path:
-    """A Fashion-MNIST-shaped idx dataset: 96 train and 40 test images, written in the test."""
-    root = tmp_path_factory.mktemp("fmnist")
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """A session fixture's folder, built by the first test worker that asks and read by all of them
+    (pytest-xdist's recipe: a lock beside the workers' temporary folders; each worker built its own
+    before, 3 times the CPU). A build that fails leaves no mark, so the next worker that asks builds again.
+    The tests only read these folders: a test that writes makes its own copy."""
+    import fcntl
+    import shutil
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
+def _write_idx_root(root: Path):
     for prefix, n, seed in (("train", 96, 0), ("t10k", 40, 1)):
         images, labels = synthetic_images(n, seed)
         write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    return root
+
+
+@pytest.fixture(scope="session")
+def idx_root(tmp_path_factory) -> Path:
+    """A Fashion-MNIST-shaped idx dataset: 96 train and 40 test images, written in the test."""
+    return built_once(tmp_path_factory, "fmnist", _write_idx_root)
 
 
 @pytest.fixture(scope="session")
 def packed(idx_root, tmp_path_factory):
-    d = tmp_path_factory.mktemp("pipeline")
-    run_cli("-m", "export", "describe", "--source", "fashion-mnist", "--root", idx_root, "--limit", 80,
-            "--out", d / "desc.jsonl")
-    run_cli("-m", "export", "embed", "--descriptions", d / "desc.jsonl", "--out", d / "emb", "--batch-size", 32)
-    run_cli("-m", "export", "pack", "--source", "fashion-mnist", "--root", idx_root, "--descriptions",
-            d / "desc.jsonl", "--embeddings", d / "emb", "--out", d / "data")
-    return d
+    """80 of idx_root's training images described (template), embedded and packed with its 40 test images."""
+    def build(d):
+        run_cli("-m", "export", "describe", "--source", "fashion-mnist", "--root", idx_root, "--limit", 80,
+                "--out", d / "desc.jsonl")
+        run_cli("-m", "export", "embed", "--descriptions", d / "desc.jsonl", "--out", d / "emb", "--batch-size", 32)
+        run_cli("-m", "export", "pack", "--source", "fashion-mnist", "--root", idx_root, "--descriptions",
+                d / "desc.jsonl", "--embeddings", d / "emb", "--out", d / "data")
+    return built_once(tmp_path_factory, "pipeline", build)
 
 
 @pytest.fixture(scope="session")
 def trained(packed, tmp_path_factory):
     """One epoch of a width-8 ResNet-18 on `packed`, exported: {cfg, run, deploy (prefix)}."""
-    d = tmp_path_factory.mktemp("trained")
-    cfg = d / "tiny.yaml"
-    cfg.write_text("data_dir: {}\noutput_dir: {}\nmodel_kwargs: {{width: 8}}\nbatch_size: 16\n"
-                   "eval_batch_size: 16\nepoch_size: 1\nwarmup_epochs: 0\n".format(packed / "data", d / "run"))
-    run_cli("-m", "ms_gpt4image", "train", "-c", cfg)
-    export = run_cli("-m", "ms_gpt4image", "export", "-c", cfg, "--ckpt", d / "run" / "last.ckpt",
-                     "--out", d / "deploy" / "net")
-    return {"cfg": cfg, "run": d / "run", "deploy": d / "deploy" / "net", "export": json.loads(export.stdout)}
+    def build(d):
+        cfg = d / "tiny.yaml"
+        cfg.write_text("data_dir: {}\noutput_dir: {}\nmodel_kwargs: {{width: 8}}\nbatch_size: 16\n"
+                       "eval_batch_size: 16\nepoch_size: 1\nwarmup_epochs: 0\n".format(packed / "data", d / "run"))
+        run_cli("-m", "ms_gpt4image", "train", "-c", cfg)
+        export = run_cli("-m", "ms_gpt4image", "export", "-c", cfg, "--ckpt", d / "run" / "last.ckpt",
+                         "--out", d / "deploy" / "net")
+        (d / "export.json").write_text(export.stdout)
+    d = built_once(tmp_path_factory, "trained", build)
+    return {"cfg": d / "tiny.yaml", "run": d / "run", "deploy": d / "deploy" / "net",
+            "export": json.loads((d / "export.json").read_text())}
