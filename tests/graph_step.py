@@ -33,7 +33,7 @@ SMALL_KWARGS = {"resnet18_cifar": {"width": 8}, "hiera_large_224": {"embed_dim":
 
 def numpy_truncated_normal(seed, arr, a, b, mean, sigma):
     """MindSpore's truncated-normal fill (11 M values/s here; ConvNeXt and the ViTs draw every weight
-    with it, 47 s of this script's model builds) by NumPy's normal generator (115 M/s), with the same
+    with it; most of the 47 s this script spent building models) by NumPy's normal generator (115 M/s), with the same
     absolute bounds [a, b]: the step's checks do not depend on which draws the weights are."""
     rng = np.random.default_rng(seed)
     rng.standard_normal(arr.shape, dtype=np.float32, out=arr)
